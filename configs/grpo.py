@@ -1,0 +1,84 @@
+"""Stage 2: GRPO with verifiable emotion, AU and format rewards (METHOD.md section 4).
+
+Variants (`--config=configs/grpo.py:VARIANT`):
+  demo (default)   built-in data and demo model; warm-started from WORKDIR/sft (run first if missing).
+  qwen2_5_vl_3b / qwen2_5_vl_7b   the paper's recipe (G = 8, temperature 1, beta 0.04, lr 1e-6).
+"""
+
+import ml_collections
+
+from configs import base
+from configs import sft as sft_config
+
+
+def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
+    c = base.get_base_config()
+    c.stage = "grpo"
+    # The SFT stage this run warm-starts from; the launcher runs it into WORKDIR/sft when no
+    # checkpoint is given and none is found there.
+    c.sft = sft_config.get_config(variant).sft
+
+    c.grpo = ml_collections.ConfigDict()
+    c.grpo.init_from = ""  # Checkpoint or workdir to start from; "" = WORKDIR/sft (trained first if absent).
+    c.grpo.num_steps = 100  # Optimiser steps (each = one rollout batch x mu updates).
+    c.grpo.prompts_per_step = 8  # Prompts (groups) per rollout batch.
+    c.grpo.num_generations = 8  # G: completions sampled per prompt.
+    c.grpo.micro_batch_size = 0  # Completions per forward/backward in the update; 0 = all at once.
+    c.grpo.max_new_tokens = 128  # Completion length cap.
+    c.grpo.temperature = 1.0  # Sampling temperature of the rollouts.
+    c.grpo.top_k = 0  # Top-k filter for rollouts (0 = off).
+    c.grpo.top_p = 1.0  # Nucleus filter for rollouts (1 = off).
+    c.grpo.mu = 1  # Policy updates per rollout batch (ratio = 1 in value when mu = 1).
+    c.grpo.eps_low = 0.2  # Lower clip: ratio >= 1 - eps_low.
+    c.grpo.eps_high = 0.2  # Upper clip: ratio <= 1 + eps_high (DAPO raises it, e.g. 0.28).
+    c.grpo.beta = 0.04  # KL weight to the frozen reference policy (0 = no reference model is held).
+    c.grpo.kl_estimator = "k3"  # k3 (exp(r) - r - 1, the reference) | k1 (logp - ref_logp).
+    c.grpo.aggregation = "seq_mean_token_mean"  # seq_mean_token_mean (reference) | token_mean (DAPO) | seq_mean_token_sum_norm (Dr.GRPO).
+    c.grpo.advantage = "group"  # group ((r - mean) / (std + eps)) | mean_only (Dr.GRPO) | batch (std over the batch).
+    c.grpo.advantage_eps = 1e-4  # Added to the group std.
+    c.grpo.ratio_level = "token"  # token (GRPO) | sequence (GSPO: geometric-mean ratio per completion).
+    c.grpo.au_think_only = False  # Apply the AU reward's advantage only to tokens inside <think> (reference variant).
+    c.grpo.eval_every_steps = 0  # Greedy evaluation on the held-out split every N steps; 0 = only before and after.
+    c.grpo.eval_num_examples = 200  # Held-out examples in the before/after table.
+    c.grpo.log_samples = 2  # Sample completions written to the log at each logging step.
+
+    c.rewards = ml_collections.ConfigDict()
+    c.rewards.format_weight = 1.0  # Weight of R_format (whole completion is <think>..</think><answer>..</answer>).
+    c.rewards.accuracy_weight = 1.0  # Weight of R_acc (last <answer> equals labels[0]).
+    c.rewards.au_weight = 1.0  # Weight of R_AU (F1 of AUs named in the first <think>).
+    c.rewards.accuracy_mode = "normalized"  # normalized (case, punctuation, synonyms) | exact (reference code).
+    c.rewards.au_mode = "2f1-1"  # 2f1-1 (reference code, in [-1, 1]) | f1 (paper text, in [0, 1]).
+    c.rewards.clamp = 10.0  # The summed reward is clamped to [-clamp, clamp].
+    c.rewards.length_weight = 0.0  # Optional penalty per completion token over length_target (0 = off).
+    c.rewards.length_target = 0  # Completion length above which length_weight applies.
+    c.rewards.repetition_weight = 0.0  # Optional penalty on repeated n-grams (0 = off).
+
+    _apply_variant(c, variant)
+    return c
+
+
+def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
+    if variant == "demo":
+        c.data.source = "builtin"
+        c.optimizer.lr = 3e-4
+        c.optimizer.warmup_steps = 5
+        c.optimizer.schedule = "constant"
+    elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
+        c.model.preset = variant
+        c.model.dtype = "bfloat16"
+        c.model.param_dtype = "bfloat16"
+        c.model.remat = True
+        c.data.source = "jsonl"
+        c.data.prompt_variant = "full"
+        c.data.max_pixels = 448 * 448
+        c.data.max_prompt_tokens = 1536
+        c.mesh.fsdp = -1
+        c.mesh.data = 1
+        c.optimizer.lr = 1e-6
+        c.optimizer.warmup_steps = 0
+        c.optimizer.schedule = "constant"
+        c.grpo.num_steps = 1000
+        c.grpo.prompts_per_step = 16
+        c.grpo.max_new_tokens = 1024
+    else:
+        raise ValueError(f"configs/grpo.py: unknown variant {variant!r} (known: demo, qwen2_5_vl_3b, qwen2_5_vl_7b)")

@@ -1,0 +1,56 @@
+"""Stage 1: supervised fine-tuning on reasoning-annotated records (METHOD.md section 3).
+
+Variants (`--config=configs/sft.py:VARIANT`):
+  demo (default)   the built-in synthetic faces and the small demo model, trained from scratch on CPU.
+  qwen2_5_vl_3b    the paper's recipe on Qwen2.5-VL-3B-Instruct (needs --config.model.checkpoint and real data).
+  qwen2_5_vl_7b    the paper's recipe on Qwen2.5-VL-7B-Instruct (lr 5e-6, 2 epochs, batch 32, length 2048).
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
+    c = base.get_base_config()
+    c.stage = "sft"
+    c.sft = ml_collections.ConfigDict()
+    c.sft.num_epochs = 2.0  # Passes over the training records (fractions allowed); ignored if num_steps > 0.
+    c.sft.num_steps = 0  # Optimiser steps; 0 = derived from num_epochs.
+    c.sft.batch_size = 16  # Sequences per optimiser step (the global, effective batch).
+    c.sft.micro_batch_size = 0  # Sequences per forward/backward; 0 = batch_size (no accumulation).
+    c.sft.loss_on = "assistant"  # assistant (reply tokens only, the default) | all (every non-pad, non-image token, as the reference).
+    c.sft.eval_every_steps = 0  # Held-out loss (and greedy format/accuracy) every N steps; 0 = only at the end.
+    c.sft.eval_num_examples = 64  # Held-out examples used by the periodic evaluation.
+    c.sft.eval_max_new_tokens = 160  # Greedy generation length in the periodic evaluation.
+
+    _apply_variant(c, variant)
+    return c
+
+
+def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
+    if variant == "demo":
+        c.optimizer.lr = 2e-3
+        c.optimizer.warmup_steps = 20
+        c.sft.num_epochs = 0.0
+        c.sft.num_steps = 400
+    elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
+        c.model.preset = variant
+        c.model.dtype = "bfloat16"
+        c.model.param_dtype = "bfloat16"
+        c.model.remat = True
+        c.data.source = "jsonl"
+        c.data.prompt_variant = "full"
+        c.data.min_pixels = 56 * 56
+        c.data.max_pixels = 448 * 448
+        c.data.max_prompt_tokens = 1536
+        c.data.max_target_tokens = 512
+        c.mesh.fsdp = -1
+        c.mesh.data = 1
+        c.optimizer.lr = 5e-6
+        c.optimizer.warmup_steps = 0
+        c.sft.num_epochs = 2.0
+        c.sft.batch_size = 32
+        c.sft.micro_batch_size = 4
+    else:
+        raise ValueError(f"configs/sft.py: unknown variant {variant!r} (known: demo, qwen2_5_vl_3b, qwen2_5_vl_7b)")

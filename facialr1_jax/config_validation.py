@@ -1,0 +1,158 @@
+"""Checks a run's ConfigDict before anything is built or compiled.
+
+Unknown keys are already rejected by the locked ConfigDict when flags are parsed; this module
+catches values of the right type but the wrong meaning (a negative learning rate, a misspelt mode),
+so a mistake costs seconds, not a compile. Only sections present in the config are checked: each
+stage config carries the sections it uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key, the value and what is allowed."""
+
+
+STAGES = ("sft", "grpo", "synth", "pipeline", "eval")
+
+# Keys whose value must be one of a few strings.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "stage": STAGES,
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "data.source": ("builtin", "jsonl", "tfds"),
+    "data.on_error": ("raise", "skip"),
+    "data.prompt_variant": ("full", "compact"),
+    "optimizer.schedule": ("linear", "cosine", "constant"),
+    "sft.loss_on": ("assistant", "all"),
+    "grpo.kl_estimator": ("k1", "k3"),
+    "grpo.aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+    "grpo.advantage": ("group", "mean_only", "batch"),
+    "grpo.ratio_level": ("token", "sequence"),
+    "rewards.accuracy_mode": ("normalized", "exact"),
+    "rewards.au_mode": ("2f1-1", "f1"),
+    "synth.check_aus": ("exact", "f1", "off"),
+}
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _mesh_axis(v: Any) -> bool:
+    return v == -1 or v >= 1
+
+
+def _probability(v: Any) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _unit_open(v: Any) -> bool:
+    return 0.0 < v <= 1.0
+
+
+# Numeric keys and the predicate each must satisfy, with the wording used in the error.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "optimizer.lr": (_positive, "> 0"),
+    "optimizer.warmup_steps": (_non_negative, ">= 0"),
+    "optimizer.end_lr_fraction": (_probability, "in [0, 1]"),
+    "optimizer.b1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "optimizer.b2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "optimizer.eps": (_positive, "> 0"),
+    "optimizer.weight_decay": (_non_negative, ">= 0"),
+    "optimizer.grad_clip": (_non_negative, ">= 0 (0 = off)"),
+    "mesh.data": (_mesh_axis, "-1 or >= 1"),
+    "mesh.fsdp": (_mesh_axis, "-1 or >= 1"),
+    "mesh.tensor": (_mesh_axis, "-1 or >= 1"),
+    "data.builtin_num_sft": (_positive, "> 0"),
+    "data.builtin_num_rl": (_positive, "> 0"),
+    "data.builtin_num_test": (_positive, "> 0"),
+    "data.builtin_image_size": (lambda v: v >= 28, ">= 28"),
+    "data.min_pixels": (_positive, "> 0"),
+    "data.max_pixels": (_positive, "> 0"),
+    "data.max_prompt_tokens": (_positive, "> 0"),
+    "data.max_target_tokens": (_positive, "> 0"),
+    "data.num_workers": (_non_negative, ">= 0"),
+    "checkpoint.every_steps": (_positive, "> 0"),
+    "checkpoint.max_to_keep": (_positive, "> 0"),
+    "logging.every_steps": (_positive, "> 0"),
+    "sft.num_epochs": (_non_negative, ">= 0"),
+    "sft.num_steps": (_non_negative, ">= 0"),
+    "sft.batch_size": (_positive, "> 0"),
+    "sft.micro_batch_size": (_non_negative, ">= 0 (0 = batch_size)"),
+    "sft.eval_every_steps": (_non_negative, ">= 0"),
+    "sft.eval_num_examples": (_non_negative, ">= 0"),
+    "sft.eval_max_new_tokens": (_positive, "> 0"),
+    "grpo.num_steps": (_non_negative, ">= 0"),
+    "grpo.prompts_per_step": (_positive, "> 0"),
+    "grpo.num_generations": (lambda v: v >= 2, ">= 2 (advantages are relative to the group)"),
+    "grpo.micro_batch_size": (_non_negative, ">= 0 (0 = all at once)"),
+    "grpo.max_new_tokens": (_positive, "> 0"),
+    "grpo.temperature": (_positive, "> 0"),
+    "grpo.top_k": (_non_negative, ">= 0 (0 = off)"),
+    "grpo.top_p": (_unit_open, "in (0, 1]"),
+    "grpo.mu": (_positive, ">= 1"),
+    "grpo.eps_low": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "grpo.eps_high": (_non_negative, ">= 0"),
+    "grpo.beta": (_non_negative, ">= 0 (0 = no reference model)"),
+    "grpo.advantage_eps": (_non_negative, ">= 0"),
+    "grpo.eval_num_examples": (_non_negative, ">= 0"),
+    "rewards.clamp": (_positive, "> 0"),
+    "rewards.length_target": (_non_negative, ">= 0"),
+    "synth.max_attempts": (_positive, ">= 1"),
+    "synth.num_candidates": (_positive, ">= 1"),
+    "synth.batch_size": (_positive, "> 0"),
+    "synth.max_new_tokens": (_positive, "> 0"),
+    "synth.temperature": (_positive, "> 0"),
+    "synth.au_f1_threshold": (_probability, "in [0, 1]"),
+    "synth.shard_size": (_positive, "> 0"),
+    "eval.batch_size": (_positive, "> 0"),
+    "eval.max_new_tokens": (_positive, "> 0"),
+    "pipeline.rounds": (_positive, ">= 1"),
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first invalid key; returns None when the config is usable."""
+    for key, allowed in CHOICES.items():
+        present, value = _lookup(config, key)
+        if present and value not in allowed:
+            raise ConfigError(f"config.{key} = {value!r} is not one of {', '.join(allowed)}")
+    for key, (predicate, wording) in RULES.items():
+        present, value = _lookup(config, key)
+        if not present:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config.{key} = {value!r} must be a number {wording}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config.{key} = {value!r} must be finite")
+        if not predicate(value):
+            raise ConfigError(f"config.{key} = {value!r} must be {wording}")
+    present, min_pixels = _lookup(config, "data.min_pixels")
+    if present and min_pixels > config.data.max_pixels:
+        raise ConfigError(
+            f"config.data.min_pixels = {min_pixels} exceeds config.data.max_pixels = {config.data.max_pixels}"
+        )
+    if "data" in config and config.data.source == "jsonl" and config.stage in ("sft", "grpo", "pipeline"):
+        if not config.data.train_jsonl:
+            raise ConfigError("config.data.source = 'jsonl' needs config.data.train_jsonl (an FEA JSONL file)")
+        if not config.data.image_root:
+            raise ConfigError("config.data.source = 'jsonl' needs config.data.image_root (the folder images live in)")
