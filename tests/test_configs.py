@@ -1,0 +1,94 @@
+"""Every shipped config loads and validates; validation rejects bad values with a clear message."""
+
+import importlib
+
+import pytest
+
+from facialr1_jax import config_validation
+from facialr1_jax import stages
+
+CONFIG_VARIANTS = [
+    ("sft", "demo"),
+    ("sft", "qwen2_5_vl_3b"),
+    ("sft", "qwen2_5_vl_7b"),
+    ("grpo", "demo"),
+    ("grpo", "qwen2_5_vl_3b"),
+    ("grpo", "qwen2_5_vl_7b"),
+    ("synth", "demo"),
+    ("synth", "qwen2_5_vl_7b"),
+    ("pipeline", "demo"),
+    ("eval", "demo"),
+    ("eval", "paper"),
+]
+
+
+@pytest.mark.parametrize("name,variant", CONFIG_VARIANTS)
+def test_shipped_configs_load_and_validate(name, variant):
+    config = importlib.import_module(f"configs.{name}").get_config(variant)
+    assert config.stage == name
+    assert config.stage in stages.STAGES
+    if config.data.source == "jsonl":
+        # Real-data variants need paths from the user; with them filled in they are valid.
+        config.data.train_jsonl = "train.jsonl"
+        config.data.image_root = "images"
+    config_validation.validate(config)
+
+
+@pytest.mark.parametrize("name", ["sft", "grpo", "synth", "eval"])
+def test_unknown_variant_is_a_clear_error(name):
+    module = importlib.import_module(f"configs.{name}")
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        module.get_config("nope")
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("optimizer.lr", -1.0, "config.optimizer.lr = -1.0 must be > 0"),
+        ("optimizer.lr", float("nan"), "must be finite"),
+        ("optimizer.schedule", "exp", "is not one of linear, cosine, constant"),
+        ("grpo.num_generations", 1, "must be >= 2"),
+        ("grpo.kl_estimator", "k2", "is not one of k1, k3"),
+        ("grpo.top_p", 0.0, "in (0, 1]"),
+        ("rewards.au_mode", "F1", "is not one of 2f1-1, f1"),
+        ("data.on_error", "ignore", "is not one of raise, skip"),
+        ("mesh.fsdp", 0, "-1 or >= 1"),
+        ("sft.batch_size", True, "must be a number"),
+    ],
+)
+def test_validation_names_key_and_rule(key, value, message):
+    config = importlib.import_module("configs.grpo").get_config()
+    section, field = key.split(".")
+    with config.unlocked():
+        config[section][field] = value
+    with pytest.raises(config_validation.ConfigError) as info:
+        config_validation.validate(config)
+    assert message in str(info.value)
+    assert key in str(info.value)
+
+
+def test_min_pixels_above_max_pixels_is_rejected():
+    config = importlib.import_module("configs.sft").get_config()
+    config.data.min_pixels = 10_000_000
+    with pytest.raises(config_validation.ConfigError, match="exceeds config.data.max_pixels"):
+        config_validation.validate(config)
+
+
+def test_jsonl_source_requires_paths():
+    config = importlib.import_module("configs.sft").get_config()
+    config.data.source = "jsonl"
+    with pytest.raises(config_validation.ConfigError, match="train_jsonl"):
+        config_validation.validate(config)
+
+
+def test_missing_stage_module_names_its_issue(monkeypatch):
+    monkeypatch.setitem(
+        stages.STAGES, "sft", stages.StageEntry("facialr1_jax.no_such_module", "run", 99, "a future stage")
+    )
+    with pytest.raises(stages.StageUnavailableError, match="lands with issue #99"):
+        stages.resolve_stage("sft")
+
+
+def test_unknown_stage_lists_known_ones():
+    with pytest.raises(stages.StageUnavailableError, match="known stages: sft, grpo"):
+        stages.resolve_stage("distill")
