@@ -8,7 +8,11 @@ Python `re` on str patterns, so:
   * `\\s` matches every character for which `str.isspace()` is true (Unicode whitespace such as
     U+00A0 and U+2003 included, not only ASCII);
   * `str.strip()` removes the same `str.isspace()` set;
-  * AU numbers are ASCII digits `[0-9]` only (never `\\d`, which accepts other scripts' digits).
+  * AU numbers are ASCII digits `[0-9]` only (never `\\d`, which accepts other scripts' digits);
+  * re.IGNORECASE (the think tag) follows Unicode simple case folding, so besides ASCII case the
+    "i" of "think" also matches U+0130 "İ" and U+0131 "ı", and its "k" matches U+212A KELVIN SIGN;
+  * `str.upper()` (before the AU search) only ever produces "AU<digits>" from ASCII "a"/"A",
+    "u"/"U" and ASCII digits, so an AU mention is an ASCII-only pattern.
 
 Stage 2 rewards (METHOD.md 4): `format_reward`, `accuracy_reward`, `au_reward`, `total_reward`.
 Evaluation parsing (METHOD.md 6): `eval_emotion`, `eval_aus`, `eval_emotion_correct`, `au_f1`.
@@ -33,6 +37,14 @@ ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 THINK_PATTERN = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 AU_MENTION_PATTERN = re.compile(r"AU[0-9]+")
 EVAL_TOKEN_SEPARATORS = re.compile(r"[,;\s]+")
+
+# Every character that `\s` in FORMAT_PATTERN and `str.strip()` treat as whitespace (the
+# `str.isspace()` set; tests check the list against all code points). Byte-level
+# reimplementations of these rules need it in UTF-8.
+WHITESPACE_CHARACTERS: frozenset[str] = frozenset(
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 ACCURACY_MODES = ("normalized", "exact")
 AU_MODES = ("2f1-1", "f1")
