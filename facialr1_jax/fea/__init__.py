@@ -1,11 +1,11 @@
 """The facial emotion analysis domain, in pure Python (no JAX anywhere in this package).
 
-  emotions  the eight emotion nouns and label normalisation
-  aus       AU names (the 30 prompt AUs, all FACS codes) and the source AU-code parser
-  profiles  per-dataset label sets and evaluated AU subsets
-  prompts   instruction, synthesis and feedback text
-  records   the FEA JSONL schema: validation with file/line/field errors, reading, atomic writing
-  answers   the reference semantics of every reward and metric (the oracle for the JAX rewards)
+emotions  the eight emotion nouns and label normalisation
+aus       AU names (the 30 prompt AUs, all FACS codes) and the source AU-code parser
+profiles  per-dataset label sets and evaluated AU subsets
+prompts   instruction, synthesis and feedback text
+records   the FEA JSONL schema: validation with file/line/field errors, reading, atomic writing
+answers   the reference semantics of every reward and metric (the oracle for the JAX rewards)
 """
 
 from facialr1_jax.fea.answers import (
@@ -69,20 +69,20 @@ from facialr1_jax.fea.records import (
 )
 
 __all__ = [
-    "AUCodeError",
-    "AUF1Report",
     "DEFAULT_QUESTION",
-    "DatasetProfile",
     "EMOTIONS",
     "FACS_AU_NAMES",
-    "FEARecord",
-    "ImagePathError",
     "PROFILES",
     "PROMPT_AUS",
+    "SYSTEM_PROMPT",
+    "AUCodeError",
+    "AUF1Report",
+    "DatasetProfile",
+    "FEARecord",
+    "ImagePathError",
     "ReadResult",
     "RecordError",
     "RecordProblem",
-    "SYSTEM_PROMPT",
     "SynthesisCheck",
     "UnknownDatasetError",
     "UnknownLabelError",

@@ -386,16 +386,17 @@ def inspect_synthesis(
     missing = tuple(sorted(truth - predicted, key=_au_sort_key)) if truth else ()
     extra = tuple(sorted(predicted - truth, key=_au_sort_key)) if truth else ()
     if missing:
-        problems.append(f"these ground-truth AUs are not named in the reasoning: {_list_aus(missing)}")
+        problems.append(
+            f"these ground-truth AUs are not named in the reasoning: {_list_aus(missing)}"
+        )
     if extra:
         problems.append(f"these AUs are named but are not in the ground truth: {_list_aus(extra)}")
 
-    if not label_is_empty(gt_label) and answer:
-        if answer != gt_label:
-            if normalized_label_key(answer) == normalized_label_key(gt_label):
-                problems.append(f"the answer {answer!r} must be written exactly as {gt_label!r}")
-            else:
-                problems.append(f"the answer {answer!r} is wrong: the emotion is {gt_label!r}")
+    if not label_is_empty(gt_label) and answer and answer != gt_label:
+        if normalized_label_key(answer) == normalized_label_key(gt_label):
+            problems.append(f"the answer {answer!r} must be written exactly as {gt_label!r}")
+        else:
+            problems.append(f"the answer {answer!r} is wrong: the emotion is {gt_label!r}")
 
     if require_format:
         if format_reward(text) != 1.0:

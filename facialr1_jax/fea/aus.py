@@ -158,7 +158,9 @@ def _collect_numbers(value: object, whole: object, numbers: set[int]) -> None:
         return
     if isinstance(value, bool):
         # bool is an int subclass; True/False as an AU list is a data error, not AU1/AU0.
-        raise AUCodeError(f"AU code {value!r} in {whole!r} is a boolean", token=str(value), value=whole)
+        raise AUCodeError(
+            f"AU code {value!r} in {whole!r} is a boolean", token=str(value), value=whole
+        )
     if isinstance(value, int):
         numbers.add(_parse_token(str(value), whole))
         return

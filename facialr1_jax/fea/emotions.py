@@ -1,8 +1,9 @@
 """The emotion vocabulary and the mapping of free-text labels onto it.
 
-Facial-R1 answers with one emotion noun from a closed list (METHOD.md 1.2). Source datasets and model
-outputs spell the same emotion in several ways ("Happy", "happiness.", "SURPRISED"); this module maps
-those spellings onto the canonical nouns so records, prompts and the normalised accuracy reward all
+Facial-R1 answers with one emotion noun from a closed list (METHOD.md 1.2). Source datasets and
+model outputs spell the same emotion in several ways ("Happy", "happiness.", "SURPRISED"); this
+module maps those spellings onto the canonical nouns so records, prompts and the normalised
+accuracy reward all
 agree on one spelling.
 
 Normalisation steps, in order (`clean_label_text`):

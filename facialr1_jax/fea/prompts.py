@@ -85,7 +85,7 @@ def _requirements(labels: Sequence[str]) -> str:
             "2. Describe each visible facial feature and give its AU number in parentheses, for "
             'example "the brows are pulled down and together (AU4)".',
             "3. After the features, explain how these AUs together indicate the emotion.",
-            "4. Describe only what is present: avoid negations and hedges such as \"no\", "
+            '4. Describe only what is present: avoid negations and hedges such as "no", '
             '"not", "without" or "maybe".',
             "5. After the reasoning, give the emotion as a single word inside <answer> and "
             "</answer>, chosen from this list: " + ", ".join(labels) + ".",

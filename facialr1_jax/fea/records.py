@@ -148,7 +148,9 @@ def _parse_images(check: _RowChecker, value: object) -> tuple[str, ...]:
             raise check.fail("image", "empty list: a record needs at least one image")
         images = value
     else:
-        raise check.fail("image", f"expected a string or a list of strings, got {_type_name(value)}")
+        raise check.fail(
+            "image", f"expected a string or a list of strings, got {_type_name(value)}"
+        )
     for index, path in enumerate(images):
         if not isinstance(path, str):
             raise check.fail("image", f"item {index} is {_type_name(path)} {path!r}, not a string")
@@ -175,11 +177,15 @@ def _parse_labels(check: _RowChecker, value: object, strict: bool) -> tuple[str,
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise check.fail("labels", f"expected a list of emotions, got {_type_name(value)} {value!r}")
+        raise check.fail(
+            "labels", f"expected a list of emotions, got {_type_name(value)} {value!r}"
+        )
     labels = []
     for index, label in enumerate(value):
         if not isinstance(label, str):
-            raise check.fail("labels", f"item {index} is {_type_name(label)} {label!r}, not a string")
+            raise check.fail(
+                "labels", f"item {index} is {_type_name(label)} {label!r}, not a string"
+            )
         if strict:
             try:
                 labels.append(normalize_emotion(label))
@@ -226,7 +232,9 @@ def parse_record(
 
     is_valid = obj.get("is_valid", True)
     if not isinstance(is_valid, bool):
-        raise check.fail("is_valid", f"expected true or false, got {_type_name(is_valid)} {is_valid!r}")
+        raise check.fail(
+            "is_valid", f"expected true or false, got {_type_name(is_valid)} {is_valid!r}"
+        )
 
     return FEARecord(
         id=record_id,
@@ -260,7 +268,9 @@ def resolve_image_path(image_root: str | os.PathLike, relative: str, *, where: s
         )
     normalized = os.path.normpath(relative)
     if normalized == ".." or normalized.startswith(".." + os.sep):
-        raise ImagePathError(f"{prefix}image path {relative!r} climbs out of the image root with '..'")
+        raise ImagePathError(
+            f"{prefix}image path {relative!r} climbs out of the image root with '..'"
+        )
     root = Path(image_root)
     candidate = root / normalized
     real_root = root.resolve()
@@ -359,7 +369,9 @@ def read_jsonl(
     field). on_error="skip": bad rows are counted and listed in `ReadResult.problems`.
     Either way a JSON report (counts, every problem, the lines of `is_valid: false` rows and a
     one-line summary) is written to `report_path` when one is given, also just before raising.
-    Blank lines are counted, not errors. Duplicate ids are a problem on the later row. With
+    Blank lines are counted, not errors. Rows with `"is_valid": false` are skipped without
+    further validation and counted in `skipped_invalid`. Duplicate ids (among the rows kept) are a
+    problem on the later row. With
     `image_root`, every image path must resolve inside it (`resolve_image_path`).
     """
     if on_error not in ON_ERROR_MODES:
@@ -387,7 +399,8 @@ def read_jsonl(
         outcome = result()
         if report_path is not None:
             _write_text_atomic(
-                Path(report_path), json.dumps(outcome.to_report(), indent=2, ensure_ascii=False) + "\n"
+                Path(report_path),
+                json.dumps(outcome.to_report(), indent=2, ensure_ascii=False) + "\n",
             )
         return outcome
 
@@ -399,27 +412,25 @@ def read_jsonl(
                 if not text.strip():
                     blank_lines += 1
                     continue
-                record = parse_record(
-                    _parse_line(text, file, lines), file=file, line=lines, strict_labels=strict_labels
-                )
-                if not record.is_valid:
+                obj = _parse_line(text, file, lines)
+                if isinstance(obj, dict) and obj.get("is_valid") is False:
+                    # Marked unusable at the source: skipped before validation, since such rows
+                    # are often the broken ones; counted and listed in the report.
                     invalid_lines.append(lines)
                     continue
+                record = parse_record(obj, file=file, line=lines, strict_labels=strict_labels)
                 if record.id in first_line_of_id:
-                    raise RecordError(
-                        RecordProblem(
-                            file,
-                            lines,
-                            "id",
-                            f"duplicate id {record.id!r} (first seen on line {first_line_of_id[record.id]})",
-                        )
-                    )
+                    first = first_line_of_id[record.id]
+                    reason = f"duplicate id {record.id!r} (first seen on line {first})"
+                    raise RecordError(RecordProblem(file, lines, "id", reason))
                 if image_root is not None:
                     for image in record.images:
                         try:
                             resolve_image_path(image_root, image, where=f"{file}:{lines}")
                         except ImagePathError as error:
-                            raise RecordError(RecordProblem(file, lines, "image", str(error))) from None
+                            raise RecordError(
+                                RecordProblem(file, lines, "image", str(error))
+                            ) from None
                 first_line_of_id[record.id] = lines
                 records.append(record)
             except RecordError as error:

@@ -96,9 +96,33 @@ def _scan_format(text: str) -> float:
 
 
 _FRAGMENTS = st.sampled_from(
-    ["<think>", "</think>", "<answer>", "</answer>", "<THINK>", "</Think>", "<ANSWER>", " ", "\n",
-     "\u00a0", "x", "AU1", "AU12", "au4", "AU01", "AU120", "happiness", "Happy", "fear", ",", ";",
-     "<think", "answer>", "İ", "\u212a"]
+    [
+        "<think>",
+        "</think>",
+        "<answer>",
+        "</answer>",
+        "<THINK>",
+        "</Think>",
+        "<ANSWER>",
+        " ",
+        "\n",
+        "\u00a0",
+        "x",
+        "AU1",
+        "AU12",
+        "au4",
+        "AU01",
+        "AU120",
+        "happiness",
+        "Happy",
+        "fear",
+        ",",
+        ";",
+        "<think",
+        "answer>",
+        "İ",
+        "\u212a",
+    ]
 )
 _TEXTS = st.lists(_FRAGMENTS, max_size=14).map("".join)
 
@@ -117,7 +141,7 @@ def test_whitespace_between_parts_is_exactly_str_isspace(character):
 
 def test_whitespace_table_is_the_isspace_set():
     every = {chr(code) for code in range(0x110000) if chr(code).isspace()}
-    assert WHITESPACE_CHARACTERS == every
+    assert every == WHITESPACE_CHARACTERS
 
 
 # ---------------------------------------------------------------------------------- accuracy
@@ -312,8 +336,11 @@ _AU_POOL = ["AU1", "AU2", "AU4", "AU6", "AU12", "AU120", "AU01", "AU25"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(_AU_POOL), max_size=6), st.lists(st.sampled_from(_AU_POOL), max_size=5),
-       st.sampled_from(["", "x ", "au"]))
+@given(
+    st.lists(st.sampled_from(_AU_POOL), max_size=6),
+    st.lists(st.sampled_from(_AU_POOL), max_size=5),
+    st.sampled_from(["", "x ", "au"]),
+)
 def test_au_reward_properties(mentioned, truth, filler):
     text = answer(filler + " ".join(f"({au})" for au in mentioned), "fear")
     two_f1_minus_one = au_reward(text, truth, mode="2f1-1")
@@ -344,8 +371,14 @@ def test_total_reward_sums_terms_with_default_weights():
 def test_total_reward_weights_modes_and_clamp():
     text = answer("(AU6)", "Happy")
     truth = ["AU6", "AU12"]  # F1 = 2/3
-    result = total_reward(text, "happiness", truth, weights={"format": 2.0, "au": 3.0},
-                          accuracy_mode="exact", au_mode="f1")
+    result = total_reward(
+        text,
+        "happiness",
+        truth,
+        weights={"format": 2.0, "au": 3.0},
+        accuracy_mode="exact",
+        au_mode="f1",
+    )
     assert result["accuracy"] == 0.0
     assert result["au"] == pytest.approx(2 / 3, abs=TOL)
     assert result["total"] == pytest.approx(2.0 + 3.0 * 2 / 3, abs=TOL)
@@ -353,8 +386,10 @@ def test_total_reward_weights_modes_and_clamp():
     assert total_reward(text, "happiness", truth, weights={"format": 20.0})["total"] == 10.0
     assert total_reward("", "fear", ["AU1"], weights={"au": 20.0})["total"] == -10.0
     assert total_reward("", "fear", ["AU1"], weights={"au": 20.0}, clamp=None)["total"] == -20.0
-    assert total_reward(text, "happiness", truth, weights={"format": 20.0},
-                        clamp=(-1.0, 1.5))["total"] == 1.5
+    assert (
+        total_reward(text, "happiness", truth, weights={"format": 20.0}, clamp=(-1.0, 1.5))["total"]
+        == 1.5
+    )
 
 
 def test_total_reward_rejects_bad_configuration():
@@ -455,11 +490,16 @@ def test_au_f1_rejects_mismatched_or_empty_inputs():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sets(st.sampled_from(_AU_POOL[:5])), st.sets(st.sampled_from(_AU_POOL[:5]))),
-                min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.sets(st.sampled_from(_AU_POOL[:5])), st.sets(st.sampled_from(_AU_POOL[:5]))),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_au_f1_micro_equals_pooled_set_f1(pairs):
     au_list = _AU_POOL[:5]
-    predicted, truth = zip(*pairs)
+    predicted, truth = zip(*pairs, strict=True)
     report = au_f1(predicted, truth, au_list)
     tp = sum(len(p & t) for p, t in pairs)
     fp = sum(len(p - t) for p, t in pairs)
@@ -487,18 +527,41 @@ def test_a_correct_answer_passes_and_earns_the_full_reward():
     "text, truth, label, fragments",
     [
         (answer("(AU1) (AU26)", "surprise"), PASSING_TRUTH, "surprise", ["not named", "AU2"]),
-        (answer("(AU1) (AU2) (AU26) (AU5)", "surprise"), PASSING_TRUTH, "surprise",
-         ["not in the ground truth", "AU5"]),
-        (answer("(AU1) (AU2) (AU26)", "fear"), PASSING_TRUTH, "surprise", ["'fear' is wrong", "'surprise'"]),
-        (answer("(AU1) (AU2) (AU26)", "Surprised"), PASSING_TRUTH, "surprise", ["exactly as 'surprise'"]),
+        (
+            answer("(AU1) (AU2) (AU26) (AU5)", "surprise"),
+            PASSING_TRUTH,
+            "surprise",
+            ["not in the ground truth", "AU5"],
+        ),
+        (
+            answer("(AU1) (AU2) (AU26)", "fear"),
+            PASSING_TRUTH,
+            "surprise",
+            ["'fear' is wrong", "'surprise'"],
+        ),
+        (
+            answer("(AU1) (AU2) (AU26)", "Surprised"),
+            PASSING_TRUTH,
+            "surprise",
+            ["exactly as 'surprise'"],
+        ),
         ("<answer>surprise</answer>", [], "surprise", ["no <think>"]),
         (answer("   ", "surprise"), [], "surprise", ["<think>...</think> block is empty"]),
         ("<think>(AU1)</think>", ["AU1"], None, ["no <answer>"]),
         (answer("(AU1)", " "), ["AU1"], None, ["<answer>...</answer> block is empty"]),
         ("Here: " + answer("(AU1)", "fear"), ["AU1"], "fear", ["nothing before or after"]),
-        (answer("(AU1)", "fear") + "<answer>fear</answer>", ["AU1"], "fear", ["more than one <answer>"]),
-        ("<think>(AU1)</think><think>x</think><answer>fear</answer>", ["AU1"], "fear",
-         ["more than one <think>"]),
+        (
+            answer("(AU1)", "fear") + "<answer>fear</answer>",
+            ["AU1"],
+            "fear",
+            ["more than one <answer>"],
+        ),
+        (
+            "<think>(AU1)</think><think>x</think><answer>fear</answer>",
+            ["AU1"],
+            "fear",
+            ["more than one <think>"],
+        ),
         (answer("(AU01)", "fear"), ["AU1"], "fear", ["AU1", "AU01"]),
     ],
 )
@@ -531,9 +594,14 @@ def test_missing_and_extra_aus_are_listed_numerically():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sets(st.sampled_from(_AU_POOL), max_size=4), st.sets(st.sampled_from(_AU_POOL), max_size=4),
-       st.sampled_from(EMOTIONS), st.sampled_from(EMOTIONS + ("Happy", "")),
-       st.sampled_from(["", " ", "x"]), st.booleans())
+@given(
+    st.sets(st.sampled_from(_AU_POOL), max_size=4),
+    st.sets(st.sampled_from(_AU_POOL), max_size=4),
+    st.sampled_from(EMOTIONS),
+    st.sampled_from((*EMOTIONS, "Happy", "")),
+    st.sampled_from(["", " ", "x"]),
+    st.booleans(),
+)
 def test_any_accepted_answer_earns_full_reward(mentioned, truth, label, written, pad, with_label):
     think = "face " + " ".join(f"({au})" for au in sorted(mentioned))
     text = pad + answer(think, written)

@@ -14,8 +14,38 @@ from facialr1_jax.fea.aus import (
     sort_aus,
 )
 
-METHOD_1_3_ORDER = [1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24,
-                    25, 26, 27, 28, 29, 30, 31, 32, 43]
+METHOD_1_3_ORDER = [
+    1,
+    2,
+    4,
+    5,
+    6,
+    7,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+    22,
+    23,
+    24,
+    25,
+    26,
+    27,
+    28,
+    29,
+    30,
+    31,
+    32,
+    43,
+]
 
 
 def test_prompt_aus_are_the_30_of_method_1_3_in_order():
@@ -138,8 +168,11 @@ def _source_code(draw):
     return number, draw(_SIDES) + draw(_MARKERS) + zeros + str(number) + draw(_INTENSITIES)
 
 
-@given(st.lists(_source_code(), max_size=8), st.sampled_from(["+", ",", " ", ", ", ";", " + "]),
-       st.booleans())
+@given(
+    st.lists(_source_code(), max_size=8),
+    st.sampled_from(["+", ",", " ", ", ", ";", " + "]),
+    st.booleans(),
+)
 def test_any_decorated_combination_parses_to_its_numbers(codes, separator, as_list):
     tokens = [token for _, token in codes]
     value = tokens if as_list else separator.join(tokens)

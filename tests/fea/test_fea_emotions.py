@@ -17,7 +17,14 @@ from facialr1_jax.fea.emotions import (
 
 def test_vocabulary_is_the_eight_nouns_of_method_1_2():
     assert set(EMOTIONS) == {
-        "anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
+        "anger",
+        "contempt",
+        "disgust",
+        "fear",
+        "happiness",
+        "neutral",
+        "sadness",
+        "surprise",
     }
     assert len(EMOTIONS) == 8
     assert list(EMOTIONS) == sorted(EMOTIONS)
@@ -59,7 +66,9 @@ def test_normalize_emotion_maps_spellings(text, expected):
     assert try_normalize_emotion(text) == expected
 
 
-@pytest.mark.parametrize("text", ["happyy", "joyous", "", "   ", "...", "happy sad", "ang", "-anger"])
+@pytest.mark.parametrize(
+    "text", ["happyy", "joyous", "", "   ", "...", "happy sad", "ang", "-anger"]
+)
 def test_unknown_labels_raise_naming_the_text(text):
     with pytest.raises(UnknownLabelError) as caught:
         normalize_emotion(text)
@@ -91,9 +100,15 @@ def test_is_emotion_accepts_only_canonical_spelling():
     assert not is_emotion(None)
 
 
-@given(st.sampled_from(sorted(EMOTION_SYNONYMS)), st.sampled_from(["", " ", "\n", "\t "]),
-       st.sampled_from(["", ".", "!", "?!", "..."]), st.booleans())
-def test_normalisation_ignores_case_padding_and_trailing_punctuation(spelling, padding, tail, upper):
+@given(
+    st.sampled_from(sorted(EMOTION_SYNONYMS)),
+    st.sampled_from(["", " ", "\n", "\t "]),
+    st.sampled_from(["", ".", "!", "?!", "..."]),
+    st.booleans(),
+)
+def test_normalisation_ignores_case_padding_and_trailing_punctuation(
+    spelling, padding, tail, upper
+):
     text = padding + (spelling.upper() if upper else spelling) + tail + padding
     assert normalize_emotion(text) == EMOTION_SYNONYMS[spelling]
 

@@ -24,7 +24,15 @@ def _aus(*numbers):
 
 def test_all_required_profiles_exist():
     assert set(PROFILES) == {
-        "DISFA", "BP4D", "RAF-AU", "FABA", "FER2013", "AffectNet", "RAF-DB", "FEA-20K", "synthface",
+        "DISFA",
+        "BP4D",
+        "RAF-AU",
+        "FABA",
+        "FER2013",
+        "AffectNet",
+        "RAF-DB",
+        "FEA-20K",
+        "synthface",
     }
     for name, profile in PROFILES.items():
         assert profile.name == name
@@ -46,7 +54,9 @@ def test_all_required_profiles_exist():
 def test_label_sets_follow_method_1_2(name, labels):
     profile = get_profile(name)
     assert set(profile.labels) == labels
-    assert list(profile.labels) == [e for e in EMOTIONS if e in labels], "labels keep EMOTIONS order"
+    assert list(profile.labels) == [e for e in EMOTIONS if e in labels], (
+        "labels keep EMOTIONS order"
+    )
     assert profile.has_emotion_labels == bool(labels)
 
 

@@ -39,7 +39,11 @@ def test_system_prompt_is_qwens_default():
 def test_full_instruction_has_the_four_sections_in_order():
     text = build_instruction("What does the face show?", SEVEN)
     positions = _positions(
-        text, "What does the face show?", "Requirements:", "AU definitions:", "Example of a complete answer:"
+        text,
+        "What does the face show?",
+        "Requirements:",
+        "AU definitions:",
+        "Example of a complete answer:",
     )
     assert positions == sorted(positions)
     assert text.startswith("What does the face show?")
@@ -49,9 +53,20 @@ def test_full_instruction_has_the_four_sections_in_order():
 def test_requirements_cover_every_method_point():
     text = build_instruction(None, SEVEN)
     requirements = text[text.index("Requirements:") : text.index("AU definitions:")]
-    for needle in ("<think>", "</think>", "one concise paragraph", "AU number in parentheses",
-                   "together indicate the emotion", '"no"', '"not"', '"without"', '"maybe"',
-                   "single word", "<answer>", "</answer>"):
+    for needle in (
+        "<think>",
+        "</think>",
+        "one concise paragraph",
+        "AU number in parentheses",
+        "together indicate the emotion",
+        '"no"',
+        '"not"',
+        '"without"',
+        '"maybe"',
+        "single word",
+        "<answer>",
+        "</answer>",
+    ):
         assert needle in requirements, needle
 
 
@@ -128,8 +143,13 @@ def test_worked_example_passes_every_reward_and_the_synthesis_check():
     assert EXAMPLE_LABEL in EMOTIONS
     for accuracy_mode in ("exact", "normalized"):
         for au_mode in ("2f1-1", "f1"):
-            rewards = total_reward(EXAMPLE_ANSWER, EXAMPLE_LABEL, EXAMPLE_AUS,
-                                   accuracy_mode=accuracy_mode, au_mode=au_mode)
+            rewards = total_reward(
+                EXAMPLE_ANSWER,
+                EXAMPLE_LABEL,
+                EXAMPLE_AUS,
+                accuracy_mode=accuracy_mode,
+                au_mode=au_mode,
+            )
             assert rewards["format"] == 1.0 and rewards["accuracy"] == 1.0 and rewards["au"] == 1.0
     assert check_synthesis(EXAMPLE_ANSWER, EXAMPLE_AUS, EXAMPLE_LABEL) == []
 
@@ -147,7 +167,7 @@ def test_synthesis_prompt_adds_ground_truth_only_for_what_the_record_has():
     base = build_instruction("q", SEVEN)
     both = build_synthesis_instruction("q", SEVEN, ["AU26", "L1", "2"], "Surprised")
     assert both.startswith(base + "\n\n")
-    truth = both[len(base):]
+    truth = both[len(base) :]
     assert "must identify exactly these AUs" in truth
     assert "AU1 (inner brow raiser), AU2 (outer brow raiser), AU26 (jaw drop)" in truth
     assert "must be this emotion: surprise." in truth
