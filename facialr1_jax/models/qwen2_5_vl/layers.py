@@ -1,0 +1,128 @@
+"""Building blocks shared by the vision tower and the language model.
+
+Every parameter is an `nnx.Param` whose `out_sharding` metadata holds logical axis names (see
+facialr1_jax.parallel.rules); eager sharding is off so a model can be built without a mesh and placed
+later with `shard_model`. Parameters are stored in `param_dtype` and cast to the compute `dtype` where
+they are used; normalisation statistics, softmax and rotary angles are always float32, as in the
+PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+
+def make_param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Axes, dtype, init: str = "normal",
+               stddev: float = 0.02) -> nnx.Param:
+    """A parameter with logical axes. `init` is "normal" (N(0, stddev), like the reference's
+    `initializer_range`), "zeros" or "ones"."""
+    shape = tuple(int(s) for s in shape)
+    if len(axes) != len(shape):
+        raise ValueError(f"parameter of shape {shape} annotated with {len(axes)} logical axes {axes}")
+    if init == "normal":
+        value = stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
+    elif init == "zeros":
+        value = jnp.zeros(shape, jnp.float32)
+    elif init == "ones":
+        value = jnp.ones(shape, jnp.float32)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+class Projection(nnx.Module):
+    """A dense map from the trailing `in_shape` dims of x to `out_shape` dims (a general nn.Linear).
+
+    The kernel has shape `in_shape + out_shape`, so attention projections keep their head structure
+    (`(embed, heads, head_dim)`) and can be sharded per head without reshapes.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_axes: Axes, out_axes: Axes, *,
+                 use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs, stddev: float = 0.02):
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(out_shape)
+        self.dtype = dtype
+        self.kernel = make_param(rngs, self.in_shape + self.out_shape, tuple(in_axes) + tuple(out_axes), param_dtype,
+                                 stddev=stddev)
+        self.bias = (make_param(rngs, self.out_shape, tuple(out_axes), param_dtype, init="zeros")
+                     if use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.in_shape)
+        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                                ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square normalisation computed in float32, scaled in the compute dtype."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, param_dtype, axes: Axes = ("norm",)):
+        self.eps = float(eps)
+        self.dtype = dtype
+        self.weight = make_param(None, (dim,), axes, param_dtype, init="ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(self.dtype) * normed.astype(self.dtype)
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int, *, use_bias: bool, embed_axis: str, hidden_axis: str, dtype,
+                 param_dtype, rngs: nnx.Rngs, stddev: float = 0.02):
+        kwargs = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs, stddev=stddev)
+        self.gate_proj = Projection((dim,), (hidden,), (embed_axis,), (hidden_axis,), **kwargs)
+        self.up_proj = Projection((dim,), (hidden,), (embed_axis,), (hidden_axis,), **kwargs)
+        self.down_proj = Projection((hidden,), (dim,), (hidden_axis,), (embed_axis,), **kwargs)
+
+    def __call__(self, x: jax.Array, constrain_hidden=None) -> jax.Array:
+        hidden = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        if constrain_hidden is not None:
+            hidden = constrain_hidden(hidden)
+        return self.down_proj(hidden)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x (..., heads, head_dim) by angles whose cos/sin are (..., head_dim), in float32."""
+    x32 = x.astype(jnp.float32)
+    cos = cos[..., None, :].astype(jnp.float32)
+    sin = sin[..., None, :].astype(jnp.float32)
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def inverse_frequencies(rotary_dim: int, theta: float) -> jax.Array:
+    """The rotary inverse frequencies 1 / theta^(2i / rotary_dim), i < rotary_dim / 2 (float32)."""
+    exponents = jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim
+    return 1.0 / (theta**exponents)
+
+
+def masked_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped scaled-dot-product attention.
+
+    query: (B, L, KV, G, D) where G query heads share each of the KV key/value heads;
+    key, value: (B, S, KV, D); mask: (B, L, S) boolean, True where a query may attend a key.
+    Returns (B, L, KV, G, D). Scores and softmax run in float32; a query row with no allowed key gets a
+    uniform (finite) distribution instead of NaN, and callers drop such rows (padding).
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    scores = jnp.einsum("blkgd,bskd->bkgls", query, key, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+    return jnp.einsum("bkgls,bskd->blkgd", probs, value)
