@@ -152,6 +152,9 @@ def reward_aus(text: str) -> frozenset[str]:
 
 def ground_truth_aus(gt_aus: Iterable[str]) -> frozenset[str]:
     """T of the AU reward (METHOD.md 4): "ground-truth AU set (upper-cased)"."""
+    if isinstance(gt_aus, str):
+        # Iterating a string would give its characters; "AU12" must arrive as ["AU12"].
+        raise TypeError(f"AU sets must be collections of AU names, not the string {gt_aus!r}")
     return frozenset(str(au).upper() for au in gt_aus)
 
 

@@ -621,3 +621,10 @@ def test_hand_enumeration_of_tag_orders_for_format():
         for order in itertools.permutations(parts, count):
             text = "".join(order)
             assert format_reward(text) == (1.0 if order in good else 0.0), text
+
+
+def test_au_sets_given_as_one_string_are_rejected():
+    with pytest.raises(TypeError, match="'AU12'"):
+        au_reward(answer("(AU12)", "happiness"), "AU12")
+    with pytest.raises(TypeError):
+        au_f1(["AU12"], [{"AU12"}], ["AU12"])
