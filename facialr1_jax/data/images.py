@@ -237,6 +237,14 @@ def _encoded_bytes(source) -> bytes:
     return data
 
 
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file; ImageLoadError (missing, unreadable, empty) otherwise."""
+    data = _read_file(path)
+    if not data:
+        raise ImageLoadError("empty", "image file is empty (0 bytes)", os.fspath(path))
+    return data
+
+
 def _read_file(path) -> bytes:
     where = os.fspath(path)
     try:
