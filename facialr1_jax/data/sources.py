@@ -490,7 +490,7 @@ class DataCheck:
             f"per label: {counts(self.per_label())}",
             f"problems by kind: {counts(scan.problems_by_kind())}",
         ]
-        lines += [f"first problem: {problem}" for problem in scan.problems[:5]]
+        lines += [f"problem: {problem}" for problem in scan.problems[:5]]
         if scan.bad_rows > 5:
             lines.append(f"... and {scan.bad_rows - 5} more (see the report)")
         lines += [f"note: {note}" for note in self.notes()]
