@@ -175,8 +175,9 @@ class CheckpointReader:
         return self._files[file_name].get(name)
 
 
-def _abstract_model(config: Qwen2_5_VLConfig, dtype, compute_dtype) -> Qwen2_5_VL:
-    return nnx.eval_shape(lambda: Qwen2_5_VL(config, dtype=compute_dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+def _abstract_model(config: Qwen2_5_VLConfig, dtype, compute_dtype, remat: bool) -> Qwen2_5_VL:
+    return nnx.eval_shape(
+        lambda: Qwen2_5_VL(config, dtype=compute_dtype, param_dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
 
 
 def _variables_by_path(model: nnx.Module) -> dict[Path, nnx.Variable]:
@@ -184,17 +185,18 @@ def _variables_by_path(model: nnx.Module) -> dict[Path, nnx.Variable]:
 
 
 def from_pretrained(directory: str | os.PathLike, dtype=jnp.float32, compute_dtype=None, mesh: Mesh | None = None,
-                    rules: Rules | None = None) -> Qwen2_5_VL:
+                    rules: Rules | None = None, remat: bool = False) -> Qwen2_5_VL:
     """Loads a Hugging Face Qwen2.5-VL checkpoint directory (config.json + safetensors).
 
     dtype: parameter storage dtype; compute_dtype: activation dtype (default: dtype). With `mesh`, every
     parameter is placed with the sharding its logical axes map to under `rules` (default TRAINING_RULES).
+    remat: see `Qwen2_5_VL`.
     """
     config = Qwen2_5_VLConfig.from_pretrained_dir(directory)
     compute_dtype = dtype if compute_dtype is None else compute_dtype
     rules = TRAINING_RULES if rules is None else rules
     reader = CheckpointReader(directory)
-    model = _abstract_model(config, dtype, compute_dtype)
+    model = _abstract_model(config, dtype, compute_dtype, remat)
     variables = _variables_by_path(model)
     specs = tensor_specs(config)
     expected = {spec.path for spec in specs}

@@ -6,7 +6,7 @@
         logits = jax.jit(forward)(...)
 """
 
-from facialr1_jax.parallel.distributed import ProcessInfo, initialize_distributed, process_info
+from facialr1_jax.parallel.distributed import ProcessInfo, initialize_if_multihost, process_info
 from facialr1_jax.parallel.mesh import MESH_AXES, make_mesh
 from facialr1_jax.parallel.rules import (
     SAMPLING_RULES,
@@ -29,7 +29,7 @@ __all__ = [
     "TRAINING_RULES",
     "activation_sharding",
     "constrain",
-    "initialize_distributed",
+    "initialize_if_multihost",
     "logical_to_spec",
     "make_mesh",
     "process_info",

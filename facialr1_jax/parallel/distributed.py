@@ -1,6 +1,6 @@
 """Multi-host start-up with a single-host fallback.
 
-`initialize_distributed()` is called once by every launcher before any JAX computation:
+`initialize_if_multihost()` is called once by every launcher before any JAX computation:
 * with an explicit coordinator (arguments or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
   JAX_PROCESS_ID environment variables) it joins that cluster;
 * on a managed cluster that JAX can detect by itself (Cloud TPU pod slices, SLURM, Open MPI) it calls
@@ -52,7 +52,7 @@ def _cluster_size_from_environment() -> int:
     return max(1, len([h for h in hosts.split(",") if h]))
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+def initialize_if_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, local_device_ids: list[int] | None = None) -> ProcessInfo:
     """Starts `jax.distributed` when this is a multi-process run; see the module docstring."""
     global _started

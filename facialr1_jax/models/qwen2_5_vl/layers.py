@@ -14,6 +14,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Axes = tuple[str | None, ...]
@@ -22,12 +23,23 @@ Axes = tuple[str | None, ...]
 def make_param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Axes, dtype, init: str = "normal",
                stddev: float = 0.02) -> nnx.Param:
     """A parameter with logical axes. `init` is "normal" (N(0, stddev), like the reference's
-    `initializer_range`), "zeros" or "ones"."""
+    `initializer_range`), "zeros" or "ones".
+
+    Outside a trace the normal draw happens on the host (numpy, seeded from the nnx key): drawing with
+    jax.random eagerly compiles one kernel per parameter shape, seconds of start-up for every fresh
+    model. Inside a trace (nnx.eval_shape, jit) it stays jax.random.
+    """
     shape = tuple(int(s) for s in shape)
     if len(axes) != len(shape):
         raise ValueError(f"parameter of shape {shape} annotated with {len(axes)} logical axes {axes}")
     if init == "normal":
-        value = stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
+        key = rngs.params()
+        if isinstance(key, jax.core.Tracer):
+            value = stddev * jax.random.normal(key, shape, jnp.float32)
+        else:
+            seed = np.asarray(jax.random.key_data(key)).astype(np.uint64).ravel()
+            value = (stddev * np.random.default_rng(seed).standard_normal(shape, np.float32))
+            value = jnp.asarray(value)
     elif init == "zeros":
         value = jnp.zeros(shape, jnp.float32)
     elif init == "ones":

@@ -9,26 +9,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from facialr1_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from facialr1_jax.models.qwen2_5_vl.layers import Projection
 from facialr1_jax.models.qwen2_5_vl.positions import multimodal_position_ids
 from facialr1_jax.models.qwen2_5_vl.text import KVCache, LanguageModel, init_cache
 from facialr1_jax.models.qwen2_5_vl.vision import VisionPlan, VisionTower, vision_plan
-from facialr1_jax.parallel.rules import constrain
+from facialr1_jax.parallel.rules import TRAINING_RULES, Rules, constrain, shard_model
 
 
 class Qwen2_5_VL(nnx.Module):
-    """Vision tower + language model + LM head. `dtype` is the compute dtype, `param_dtype` the storage dtype."""
+    """Vision tower + language model + LM head.
+
+    `dtype` is the compute dtype, `param_dtype` the storage dtype; `remat` rematerialises every vision
+    block and decoder layer in the backward pass (less activation memory for about a third more FLOPs).
+    """
 
     def __init__(self, config: Qwen2_5_VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+                 remat: bool = False, rngs: nnx.Rngs | None = None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.config = config
         self.dtype = dtype
         self.param_dtype = param_dtype
-        self.visual = VisionTower(config.vision_config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.language_model = LanguageModel(config.text_config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.visual = VisionTower(config.vision_config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+        self.language_model = LanguageModel(config.text_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                                            rngs=rngs)
         text = config.text_config
         self.lm_head = (None if config.tie_word_embeddings else
                         Projection((text.hidden_size,), (text.vocab_size,), ("embed",), ("vocab",), use_bias=False,
@@ -150,3 +156,17 @@ def _jitted_logits(model: Qwen2_5_VL, input_ids, position_ids, attention_mask, p
     # One compiled program per input shape: op-by-op dispatch of the whole model is seconds slower.
     logits, _ = model.forward(input_ids, position_ids, attention_mask, pixel_values, plan)
     return logits
+
+
+def init_model(config: Qwen2_5_VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+               seed: int = 0, mesh: Mesh | None = None, rules: Rules | None = None) -> Qwen2_5_VL:
+    """A freshly initialised model (the values of `Qwen2_5_VL(..., rngs=nnx.Rngs(seed))`), placed on
+    `mesh` with the shardings its logical axes map to under `rules` (default TRAINING_RULES).
+
+    Parameters are drawn on the host one at a time and then placed, which is fast for the sizes one
+    trains from scratch (tiny / small / demo); large models come from `from_pretrained`.
+    """
+    model = Qwen2_5_VL(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
+    if mesh is not None:
+        shard_model(model, mesh, TRAINING_RULES if rules is None else rules)
+    return model

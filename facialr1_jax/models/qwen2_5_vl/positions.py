@@ -86,3 +86,15 @@ def text_position_ids(positions) -> np.ndarray:
     """(3, B, L) ids for text-only positions (B, L): the same value in all three streams."""
     positions = np.asarray(positions)
     return np.broadcast_to(positions[None], (3,) + positions.shape).astype(np.int32)
+
+
+def decode_position_ids(real_tokens_before, rope_deltas):
+    """(3, B, 1) M-RoPE ids of the next decoded token (jit-friendly, jnp).
+
+    real_tokens_before (B,): real (unpadded) tokens already in the sequence -- prompt plus tokens decoded
+    so far; rope_deltas (B,): from `multimodal_position_ids`. All three streams advance together.
+    """
+    import jax.numpy as jnp
+
+    position = (jnp.asarray(real_tokens_before) + jnp.asarray(rope_deltas)).astype(jnp.int32)
+    return jnp.broadcast_to(position[None, :, None], (3, position.shape[0], 1))

@@ -117,9 +117,11 @@ class DecoderLayer(nnx.Module):
 class LanguageModel(nnx.Module):
     """Token embedding, decoder layers and the final norm (the reference `Qwen2_5_VLTextModel`)."""
 
-    def __init__(self, config: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         self.config = config
         self.dtype = dtype
+        self.remat = remat  # recompute each layer's activations in the backward pass instead of storing them
         self.embed_tokens = make_param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"),
                                        param_dtype, stddev=config.initializer_range)
         self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -159,7 +161,8 @@ class LanguageModel(nnx.Module):
         new_keys, new_values = [], []
         for index, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[index], cache.values[index])
-            x, updated = layer(x, cos, sin, mask, layer_cache, cache_index)
+            call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
+            x, updated = call(layer, x, cos, sin, mask, layer_cache, cache_index)
             if updated is not None:
                 new_keys.append(updated[0])
                 new_values.append(updated[1])

@@ -184,9 +184,11 @@ class PatchMerger(nnx.Module):
 class VisionTower(nnx.Module):
     """pixel_values (N, patch_dim) + VisionPlan -> merged image features (N / merge_unit, out_hidden_size)."""
 
-    def __init__(self, config: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         self.config = config
         self.dtype = dtype
+        self.remat = remat  # recompute each block's activations in the backward pass instead of storing them
         self.patch_embed = Projection((config.patch_dim,), (config.hidden_size,), ("patch",), ("vision_embed",),
                                       use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                                       stddev=config.initializer_range)
@@ -213,7 +215,8 @@ class VisionTower(nnx.Module):
         full_mask = plan.image_segment_ids[:, None] == plan.image_segment_ids[None, :]
         for index, block in enumerate(self.blocks):
             mask = full_mask if index in self.config.fullatt_block_indexes else window_mask
-            x = block(x, cos, sin, mask)
+            call = nnx.remat(VisionBlock.__call__) if self.remat else VisionBlock.__call__
+            x = call(block, x, cos, sin, mask)
         merged = self.merger(x)
         return jnp.take(merged, plan.merged_restore, axis=0)
 
