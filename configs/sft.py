@@ -21,8 +21,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.sft.micro_batch_size = 0  # Sequences per forward/backward; 0 = batch_size (no accumulation).
     c.sft.loss_on = "assistant"  # assistant (reply tokens only, the default) | all (every non-pad, non-image token, as the reference).
     c.sft.eval_every_steps = 0  # Held-out loss (and greedy format/accuracy) every N steps; 0 = only at the end.
-    c.sft.eval_num_examples = 64  # Held-out examples used by the periodic evaluation.
-    c.sft.eval_max_new_tokens = 160  # Greedy generation length in the periodic evaluation.
+    c.sft.eval_num_examples = 64  # Held-out examples for the loss and the periodic greedy evaluation (0 = all).
+    c.sft.final_eval_num_examples = 0  # Held-out examples for the final greedy evaluation (0 = the whole test split).
+    c.sft.eval_batch_size = 32  # Sequences per held-out loss batch and prompts per generation batch.
+    c.sft.eval_max_new_tokens = 160  # Greedy generation length in the evaluations.
 
     _apply_variant(c, variant)
     return c

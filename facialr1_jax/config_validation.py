@@ -92,6 +92,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sft.eval_every_steps": (_non_negative, ">= 0"),
     "sft.eval_num_examples": (_non_negative, ">= 0"),
     "sft.eval_max_new_tokens": (_positive, "> 0"),
+    "sft.final_eval_num_examples": (_non_negative, ">= 0 (0 = the whole test split)"),
+    "sft.eval_batch_size": (_positive, "> 0"),
     "grpo.num_steps": (_non_negative, ">= 0"),
     "grpo.prompts_per_step": (_positive, "> 0"),
     "grpo.num_generations": (lambda v: v >= 2, ">= 2 (advantages are relative to the group)"),
@@ -150,6 +152,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if present and min_pixels > config.data.max_pixels:
         raise ConfigError(
             f"config.data.min_pixels = {min_pixels} exceeds config.data.max_pixels = {config.data.max_pixels}"
+        )
+    present, micro = _lookup(config, "sft.micro_batch_size")
+    if present and micro and config.sft.batch_size % micro:
+        raise ConfigError(
+            f"config.sft.batch_size = {config.sft.batch_size} is not a multiple of "
+            f"config.sft.micro_batch_size = {micro}"
         )
     if "data" in config and config.data.source == "jsonl" and config.stage in ("sft", "grpo", "pipeline"):
         if not config.data.train_jsonl:

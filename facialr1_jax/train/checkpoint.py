@@ -233,10 +233,12 @@ def load_model(
     mesh: jax.sharding.Mesh | None = None,
     dtype: str | None = None,
     param_dtype: str | None = None,
+    remat: bool = False,
 ) -> tuple[nnx.Module, Any, dict]:
     """(model, tokenizer, info) from a workdir, a step folder or a Hugging Face folder.
 
-    dtype / param_dtype override the compute / storage dtypes the checkpoint was trained with. With
+    dtype / param_dtype override the compute / storage dtypes the checkpoint was trained with;
+    remat builds the model with rematerialised layers (for training it further). With
     `mesh`, parameters are restored directly into their training shardings. `info` holds: kind
     ("orbax" or "hf"), path, step (None for HF), preset, tokenizer path, and for orbax the run meta.
     """
@@ -247,7 +249,7 @@ def load_model(
     if kind == "hf":
         storage = param_dtype or "float32"
         model = models.from_pretrained(
-            where, dtype=_dtype(storage), compute_dtype=_dtype(dtype or storage), mesh=mesh
+            where, dtype=_dtype(storage), compute_dtype=_dtype(dtype or storage), mesh=mesh, remat=remat
         )
         has_tokenizer = any(os.path.isfile(os.path.join(where, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer_path = where if has_tokenizer else ""
@@ -266,7 +268,7 @@ def load_model(
         compute = _dtype(dtype or model_info["dtype"])
         storage = _dtype(param_dtype or model_info["param_dtype"])
         abstract_model = nnx.eval_shape(
-            lambda: models.Qwen2_5_VL(config, dtype=compute, param_dtype=storage, rngs=nnx.Rngs(0))
+            lambda: models.Qwen2_5_VL(config, dtype=compute, param_dtype=storage, remat=remat, rngs=nnx.Rngs(0))
         )
         graphdef, abstract_params, frozen = nnx.split(abstract_model, nnx.Param, ...)
         if mesh is None:

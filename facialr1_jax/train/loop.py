@@ -132,11 +132,14 @@ def run_loop(
     guard: PreemptionGuard | None = None,
     on_batch: Callable[[int, dict], None] | None = None,
     postprocess: Callable[[dict], dict] | None = None,
+    evaluate_at_end: bool = True,
 ) -> LoopOutcome:
     """Runs steps from `state.step` to `total_steps` (see the module docstring).
 
     postprocess(row) may add derived scalars to each logged train row (e.g. token accuracy from
-    summed extras). Evaluation runs every `eval_every` steps (0: only at the end) and at the end.
+    summed extras). Evaluation runs every `eval_every` steps (0: never in between) and, with
+    `evaluate_at_end`, once more when the run completes (callers with a costlier final
+    evaluation pass False and run their own).
     """
     guard = guard or PreemptionGuard(signals=())
     step = int(jax.device_get(state.step))
@@ -192,7 +195,7 @@ def run_loop(
         if step % checkpoint_every == 0:
             save()
     flush()
-    if status == "completed" and evaluate is not None:
+    if status == "completed" and evaluate is not None and evaluate_at_end:
         eval_row = evaluate(state, step)
         logger.write(step, eval_row, split="eval")
     save()

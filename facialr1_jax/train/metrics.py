@@ -40,17 +40,39 @@ def _plain(value: Any) -> Any:
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
     """The rows of WORKDIR/metrics.jsonl (optionally only one split), in file order."""
-    path = os.path.join(workdir, METRICS_FILE)
+    rows = read_jsonl_rows(os.path.join(workdir, METRICS_FILE))
+    return [row for row in rows if split is None or row.get("split") == split]
+
+
+class StepJsonl:
+    """An append-only JSONL file of per-step rows that stays consistent across resumes.
+
+    Opening it at `start_step` first drops rows whose "step" is larger (written after the last
+    checkpoint by a run that then crashed), so re-running those steps does not duplicate them.
+    """
+
+    def __init__(self, path: str, start_step: int = 0):
+        self.path = path
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as stream:
+                kept = [line for line in stream if line.strip() and int(json.loads(line).get("step", 0)) <= start_step]
+            with open(path, "w", encoding="utf-8") as stream:
+                stream.writelines(kept)
+        self._stream = open(path, "a", encoding="utf-8")
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._stream.write(json.dumps(row) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def read_jsonl_rows(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
-    rows = []
     with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            if line.strip():
-                row = json.loads(line)
-                if split is None or row.get("split") == split:
-                    rows.append(row)
-    return rows
+        return [json.loads(line) for line in stream if line.strip()]
 
 
 def format_duration(seconds: float) -> str:
@@ -127,8 +149,7 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._truncate_after(self.start_step)
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+        self._jsonl = StepJsonl(os.path.join(workdir, METRICS_FILE), self.start_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -136,23 +157,13 @@ class MetricsLogger:
         if progress_bar:
             self._bar = ProgressBar(total_steps, stream=stream)
 
-    def _truncate_after(self, step: int) -> None:
-        path = os.path.join(self.workdir, METRICS_FILE)
-        if not os.path.exists(path):
-            return
-        kept = [row for row in read_metrics(self.workdir) if int(row.get("step", 0)) <= step]
-        with open(path, "w", encoding="utf-8") as stream:
-            for row in kept:
-                stream.write(json.dumps(row) + "\n")
-
     def write(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
         """Appends one row to metrics.jsonl and the scalars to TensorBoard."""
         if not self.enabled:
             return
         row = {"step": int(step), "split": split, "time": round(time.time(), 3)}
         row.update({name: _plain(value) for name, value in scalars.items()})
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        self._jsonl.write(row)
         if self._writer is not None:
             for name, value in row.items():
                 if name in ("step", "split", "time") or not isinstance(value, (int, float)):

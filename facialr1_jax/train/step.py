@@ -15,7 +15,8 @@ accumulating the gradient of `loss_sum`, the sums and the denominators, then div
 gradient by the GLOBAL denominator once: 4 micro-batches of 2 give the gradient of 1 batch of 8.
 Gradients are accumulated in float32 whatever the parameter dtype.
 
-The jitted functions are functional (`jax.jit` over `nnx.split` state) with explicit in/out
+With `rules` (a logical-axis table such as `parallel.TRAINING_RULES`), the model's activation
+constraints are active while the step is traced. The jitted functions are functional (`jax.jit` over `nnx.split` state) with explicit in/out
 shardings and the state donated; they are compiled once per batch structure and shape (the batch
 builder pads to a few buckets, so a run compiles a handful of times at most).
 """
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from facialr1_jax.parallel.rules import Rules, activation_sharding
 from facialr1_jax.train.state import ModelDef, TrainState
 
 LossOutput = tuple[jax.Array, jax.Array, dict[str, jax.Array]]
@@ -151,8 +153,10 @@ class TrainStep:
         mesh: Mesh,
         *,
         donate: bool = True,
+        rules: Rules | None = None,
     ):
         self.model_def = model_def
+        self.rules = rules
         self.loss_fn = loss_fn
         self.tx = tx
         self.schedule = schedule
@@ -194,14 +198,20 @@ class TrainStep:
         return self._compiled[key]
 
     def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        return self.compiled(batch)(state, batch)
+        compiled = self.compiled(batch)
+        if self.rules is None:
+            return compiled(state, batch)
+        with activation_sharding(self.mesh, self.rules):  # activation constraints apply while tracing
+            return compiled(state, batch)
 
 
 class EvalStep:
     """`sums = eval_step(params, batch)`: loss sum, denominator and extras over all micro-batches."""
 
-    def __init__(self, model_def: ModelDef, loss_fn: LossFn, params_shardings: Any, mesh: Mesh):
+    def __init__(self, model_def: ModelDef, loss_fn: LossFn, params_shardings: Any, mesh: Mesh, *,
+                 rules: Rules | None = None):
         self.model_def = model_def
+        self.rules = rules
         self.loss_fn = loss_fn
         self.params_shardings = params_shardings
         self.mesh = mesh
@@ -224,4 +234,7 @@ class EvalStep:
             )
         if rng is None:
             rng = jax.random.PRNGKey(0)
-        return self._compiled[key](params, batch, rng)
+        if self.rules is None:
+            return self._compiled[key](params, batch, rng)
+        with activation_sharding(self.mesh, self.rules):
+            return self._compiled[key](params, batch, rng)

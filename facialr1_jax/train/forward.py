@@ -1,0 +1,57 @@
+"""The model call on one micro-batch dict, shared by the SFT and GRPO losses.
+
+A micro-batch (built by `facialr1_jax.data.batching`) holds, per example (axis 0 = example):
+    input_ids      int32 [B, L]     prompt + completion tokens, right-padded
+    attention_mask bool  [B, L]     real tokens
+    position_ids   int32 [B, 3, L]  M-RoPE (temporal, height, width) positions, host-computed
+    targets        int32 [B, L]     targets[t] = input_ids[t + 1] (0 where there is none)
+    loss_mask      f32   [B, L]     1 where targets[t] is trained on
+and under "vision", packed over all images of the micro-batch in processor order:
+    pixel_values   f32   [P, patch_dim]   patches padded to a bucket P
+    patch_order, window_segment_ids, image_segment_ids [P], rotary_positions [P, 2],
+    merged_restore [P / merge_unit]       the host-computed `VisionPlan` of those images
+Position ids travel example-major ([B, 3, L]) so that every per-example leaf splits on axis 0 over
+the batch mesh axes; they are transposed to the model's (3, B, L) here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from facialr1_jax.models import VisionPlan
+
+PLAN_FIELDS = tuple(field.name for field in dataclasses.fields(VisionPlan))
+
+
+def vision_inputs(micro_batch: dict) -> tuple[jax.Array | None, VisionPlan | None]:
+    """(pixel_values, plan) of a micro-batch, or (None, None) for a text-only batch."""
+    vision = micro_batch.get("vision")
+    if not vision:
+        return None, None
+    plan = VisionPlan(**{name: vision[name] for name in PLAN_FIELDS})
+    return vision["pixel_values"], plan
+
+
+def hidden_states(model, micro_batch: dict) -> jax.Array:
+    """Final decoder hidden states [B, L, hidden] for a micro-batch."""
+    pixel_values, plan = vision_inputs(micro_batch)
+    position_ids = jnp.moveaxis(micro_batch["position_ids"], 1, 0)
+    hidden, _ = model.forward(
+        micro_batch["input_ids"],
+        position_ids,
+        micro_batch["attention_mask"],
+        pixel_values=pixel_values,
+        plan=plan,
+        return_hidden=True,
+    )
+    return hidden
+
+
+def target_log_probs(model, micro_batch: dict, chunk_size: int = 128) -> jax.Array:
+    """log p(targets[b, t]) in float32, [B, L]; the vocabulary projection runs in chunks of positions
+    so that a full [B, L, vocab] logits tensor is never held (also not in the backward pass)."""
+    hidden = hidden_states(model, micro_batch)
+    return model.token_log_probs(hidden, micro_batch["targets"], chunk_size=chunk_size)
