@@ -15,6 +15,7 @@ of every problem is written (before raising, too). Nothing is dropped without be
 `FEAJsonlSource` is the grain data source on top: `len()`, `source[i]` -> a dict with the record
 and its image bytes, decoded images or Qwen2.5-VL patches. It opens image files only through
 `resolve_image_path`, again at read time, so no path outside the image root is ever opened.
+`DecodeImages` is the grain transform that decodes bytes in worker processes instead.
 
 `check_fea_data` is what `launch/check_data.py` runs: records, then every image opened and
 preprocessed as training would, and a summary (per dataset, per label, problems by kind).
@@ -82,7 +83,7 @@ def _kind_of_record_problem(problem: RecordProblem) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
-    """The first image of a usable record, as the scan saw it (None fields when not opened)."""
+    """One image as the scan saw it: upright size once decoded (None fields when not opened)."""
 
     format: str | None = None
     mode: str | None = None
@@ -92,7 +93,8 @@ class ImageInfo:
 
 @dataclasses.dataclass(frozen=True)
 class ScanResult:
-    """Everything `scan_fea_jsonl` found. `records[i]` was read from line `lines[i]`."""
+    """Everything `scan_fea_jsonl` found. `records[i]` was read from line `lines[i]`;
+    `image_infos[i]` has one `ImageInfo` per image of `records[i]`."""
 
     file: str
     image_root: str
@@ -100,7 +102,7 @@ class ScanResult:
     image_check: str
     records: tuple[FEARecord, ...]
     lines: tuple[int, ...]
-    image_infos: tuple[ImageInfo, ...]
+    image_infos: tuple[tuple[ImageInfo, ...], ...]
     problems: tuple[Problem, ...]
     total_lines: int
     blank_lines: int
@@ -217,29 +219,27 @@ def _image_error_problem(file: str, line: int, relative: str, error: Exception) 
 
 
 def _check_images(record: FEARecord, line: int, file: str, image_root: str, level: str,
-                  config: image_lib.ImageConfig) -> tuple[ImageInfo, Problem | None]:
+                  config: image_lib.ImageConfig) -> tuple[tuple[ImageInfo, ...], Problem | None]:
     """Open the record's images to `level`; the first failure is the row's problem."""
-    info = ImageInfo()
-    for position, relative in enumerate(record.images):
+    infos = []
+    for relative in record.images:
         try:
             path = resolve_image_path(image_root, relative, where=f"{file}:{line}")
             if level == "header":
                 header = image_lib.probe_image(path, max_image_pixels=config.max_image_pixels)
                 config.grid_thw(header.height, header.width)  # aspect-ratio limit
-                found = ImageInfo(header.format, header.mode, header.width, header.height)
+                infos.append(ImageInfo(header.format, header.mode, header.width, header.height))
+                continue
+            data = image_lib.read_image_file(path)
+            decoded = image_lib.open_image(data, max_image_pixels=config.max_image_pixels)
+            if level == "preprocess":
+                config.preprocess(decoded)
             else:
-                data = image_lib.read_image_file(path)
-                decoded = image_lib.open_image(data, max_image_pixels=config.max_image_pixels)
-                found = ImageInfo(decoded.format, decoded.mode, decoded.width, decoded.height)
-                if level == "preprocess":
-                    config.preprocess(decoded)
-                else:
-                    config.grid_thw(decoded.height, decoded.width)
+                config.grid_thw(decoded.height, decoded.width)
+            infos.append(ImageInfo(decoded.format, decoded.mode, decoded.width, decoded.height))
         except (image_lib.ImageLoadError, ImagePathError) as error:
-            return info, _image_error_problem(file, line, relative, error)
-        if position == 0:
-            info = found
-    return info, None
+            return (), _image_error_problem(file, line, relative, error)
+    return tuple(infos), None
 
 
 def scan_fea_jsonl(
@@ -287,7 +287,8 @@ def scan_fea_jsonl(
             candidates.append((record, line))
 
     if image_check == "none":
-        checked = [(ImageInfo(), None) for _ in candidates]
+        checked = [(tuple(ImageInfo() for _ in record.images), None)
+                   for record, _ in candidates]
     else:
         workers = num_threads or os.cpu_count() or 1
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -339,7 +340,7 @@ class FEAJsonlSource:
     """A grain random-access source over an FEA JSONL file and its image root.
 
     `source[i]` is a dict:
-      "id", "dataset", "line" (the JSONL line), "record" (the `FEARecord`),
+      "id", "dataset", "file" and "line" (where the row is), "record" (the `FEARecord`),
       "image_paths" (paths relative to the image root), and by `decode`:
         "bytes"   -> "image_bytes": tuple of encoded files (decode later, e.g. in grain workers)
         "image"   -> "images": tuple of upright RGB PIL images
@@ -390,15 +391,6 @@ class FEAJsonlSource:
         return (f"FEAJsonlSource({self.scan.file!r}, image_root={self.scan.image_root!r}, "
                 f"records={len(self)}, skipped={self.scan.bad_rows}, decode={self.decode!r})")
 
-    def _read_image(self, relative: str, line: int) -> bytes:
-        where = f"{self.scan.file}:{line}"
-        try:
-            path = resolve_image_path(self.scan.image_root, relative, where=where)
-            return image_lib.read_image_file(path)
-        except (image_lib.ImageLoadError, ImagePathError) as error:
-            raise RecordError(_image_error_problem(self.scan.file, line, relative, error).problem
-                              ) from None
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         if not -len(self) <= index < len(self):
@@ -408,33 +400,83 @@ class FEAJsonlSource:
         element: dict[str, Any] = {
             "id": record.id,
             "dataset": record.dataset,
+            "file": self.scan.file,
             "line": line,
             "record": record,
             "image_paths": record.images,
         }
-        encoded = tuple(self._read_image(relative, line) for relative in record.images)
-        if self.decode == "bytes":
-            element["image_bytes"] = encoded
-            return element
-        decoded, pixel_values, grids = [], [], []
-        for relative, data in zip(record.images, encoded):
-            try:
-                if self.decode == "image":
-                    decoded.append(image_lib.load_image(
-                        data, max_image_pixels=self.image_config.max_image_pixels))
-                else:
-                    patches, grid = self.image_config.preprocess(data)
-                    pixel_values.append(patches)
-                    grids.append(grid)
-            except image_lib.ImageLoadError as error:
-                raise RecordError(
-                    _image_error_problem(self.scan.file, line, relative, error).problem) from None
-        if self.decode == "image":
-            element["images"] = tuple(decoded)
-        else:
-            element["pixel_values"] = np.concatenate(pixel_values)
-            element["image_grid_thw"] = np.stack(grids)
+        encoded = tuple(
+            read_record_image(self.scan.image_root, relative, file=self.scan.file, line=line)
+            for relative in record.images)
+        return attach_images(element, encoded, decode=self.decode, image_config=self.image_config)
+
+
+def read_record_image(image_root: str | os.PathLike, relative: str, *, file: str, line: int
+                      ) -> bytes:
+    """The encoded image at `relative` under the root; RecordError (field "image") otherwise.
+
+    The path is resolved again at every read, so a symlink swapped in after validation is
+    refused rather than followed out of the root.
+    """
+    try:
+        path = resolve_image_path(image_root, relative, where=f"{file}:{line}")
+        return image_lib.read_image_file(path)
+    except (image_lib.ImageLoadError, ImagePathError) as error:
+        raise RecordError(_image_error_problem(file, line, relative, error).problem) from None
+
+
+def attach_images(element: dict[str, Any], encoded: Sequence[bytes], *, decode: str,
+                  image_config: image_lib.ImageConfig) -> dict[str, Any]:
+    """Add the element's images in the form `decode` asks for (see `FEAJsonlSource`).
+
+    A decoding failure is a RecordError naming the element's file and line, field "image" and
+    the image path.
+    """
+    file, line = element["file"], element["line"]
+    if decode == "bytes":
+        element["image_bytes"] = tuple(encoded)
         return element
+    decoded, pixel_values, grids = [], [], []
+    for relative, data in zip(element["image_paths"], encoded):
+        try:
+            if decode == "image":
+                decoded.append(image_lib.load_image(
+                    data, max_image_pixels=image_config.max_image_pixels))
+            else:
+                patches, grid = image_config.preprocess(data)
+                pixel_values.append(patches)
+                grids.append(grid)
+        except image_lib.ImageLoadError as error:
+            raise RecordError(_image_error_problem(file, line, relative, error).problem) from None
+    if decode == "image":
+        element["images"] = tuple(decoded)
+    else:
+        element["pixel_values"] = np.concatenate(pixel_values)
+        element["image_grid_thw"] = np.stack(grids)
+    return element
+
+
+class DecodeImages:
+    """grain map: an element with "image_bytes" -> the same with decoded images.
+
+    Lets a source hand out cheap encoded bytes while grain worker processes do the decoding,
+    resizing and patchifying: `decode` is "image" or "patches", as in `FEAJsonlSource`.
+    A plain picklable callable (`MapDataset.map(DecodeImages())`), so that importing this
+    module does not import grain and JAX (launch/check_data.py starts in a fraction of a second).
+    """
+
+    def __init__(self, decode: str = "patches", image_config: image_lib.ImageConfig | None = None):
+        if decode not in ("image", "patches"):
+            raise ValueError(f"DecodeImages decodes to 'image' or 'patches', not {decode!r}")
+        self.decode = decode
+        self.image_config = image_config or image_lib.ImageConfig()
+
+    def __call__(self, element: dict[str, Any]) -> dict[str, Any]:
+        element = dict(element)
+        encoded = element.pop("image_bytes")
+        return attach_images(element, encoded, decode=self.decode, image_config=self.image_config)
+
+    map = __call__  # the grain.transforms.Map method name, for DataLoader-style operations
 
 
 # ------------------------------------------------------------------------------ data checking
@@ -459,8 +501,8 @@ class DataCheck:
                     .most_common())
 
     def image_modes(self) -> dict[str, int]:
-        return dict(collections.Counter(info.mode for info in self.scan.image_infos
-                                        if info.mode).most_common())
+        return dict(collections.Counter(info.mode for infos in self.scan.image_infos
+                                        for info in infos if info.mode).most_common())
 
     def notes(self) -> list[str]:
         notes = []
