@@ -142,6 +142,9 @@ class TextConfig:
         object.__setattr__(self, "mrope_section", tuple(int(s) for s in self.mrope_section))
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if not self.use_sliding_window:
+            # As transformers does: the window size means nothing while sliding windows are off.
+            object.__setattr__(self, "sliding_window", None)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads"):
             if int(getattr(self, name)) <= 0:
