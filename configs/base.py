@@ -28,6 +28,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16.
     c.model.param_dtype = "float32"  # Storage dtype of the parameters: float32 | bfloat16.
     c.model.remat = False  # Rematerialise decoder layers in the backward pass (saves memory, costs ~1/3 more FLOPs).
+    # JSON object of preset field overrides (facialr1_jax.models.get_preset), for a fresh model only, e.g.
+    # '{"text_config": {"num_hidden_layers": 2}, "vision_config": {"depth": 1}}'; "" = the preset as is.
+    c.model.preset_overrides = ""
 
     # ---- device mesh -------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()

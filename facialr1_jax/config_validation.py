@@ -8,6 +8,7 @@ stage config carries the sections it uses.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Callable
 
@@ -153,6 +154,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.data.min_pixels = {min_pixels} exceeds config.data.max_pixels = {config.data.max_pixels}"
         )
+    present, overrides = _lookup(config, "model.preset_overrides")
+    if present and overrides:
+        try:
+            parsed = json.loads(overrides)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"config.model.preset_overrides is not valid JSON: {error}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"config.model.preset_overrides must be a JSON object, got {overrides!r}")
     present, micro = _lookup(config, "sft.micro_batch_size")
     if present and micro and config.sft.batch_size % micro:
         raise ConfigError(
