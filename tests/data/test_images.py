@@ -349,3 +349,48 @@ def test_image_load_error_survives_pickling():
     clone = pickle.loads(pickle.dumps(error))
     assert (clone.kind, clone.reason, clone.where, str(clone)) == (
         "truncated", "cannot decode", "a/b.jpg", "a/b.jpg: cannot decode")
+
+
+# ------------------------------------------------------------------------------- jpeg_draft
+
+
+def _frame(width=1392, height=1040, seed=30) -> bytes:
+    coarse = np.random.default_rng(seed).integers(0, 256, (height // 24, width // 24, 3), np.uint8)
+    picture = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    return _encode(picture, "JPEG", quality=90)
+
+
+def test_jpeg_draft_keeps_the_grid_and_stays_close_on_large_frames():
+    bounds = dict(min_pixels=HF_MIN_PIXELS, max_pixels=448 * 448)
+    encoded = _frame()
+    exact, exact_grid = images.preprocess(encoded, **bounds)
+    drafted, drafted_grid = images.preprocess(encoded, jpeg_draft=True, **bounds)
+    np.testing.assert_array_equal(drafted_grid, exact_grid)
+    assert not np.array_equal(drafted, exact)  # the draft really decoded at a reduced scale
+    # Differences in grey levels: normalised values times std times 255.
+    std = np.repeat(np.asarray(images.OPENAI_CLIP_STD, np.float32), 2 * 14 * 14)
+    grey_levels = np.abs(drafted - exact) * std * 255
+    assert grey_levels.mean() < 1.0 and grey_levels.max() <= 8
+
+
+def test_jpeg_draft_is_exact_when_no_reduction_applies():
+    small = _encode(Image.fromarray(_photo(120, 160, seed=31)), "JPEG")
+    png = _encode(Image.fromarray(_photo(600, 800, seed=32)), "PNG")
+    for encoded in (small, png):
+        exact, _ = images.preprocess(encoded)
+        drafted, _ = images.preprocess(encoded, jpeg_draft=True)
+        np.testing.assert_array_equal(drafted, exact)
+
+
+def test_jpeg_draft_respects_exif_orientation():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    coarse = np.random.default_rng(33).integers(0, 256, (40, 60, 3), np.uint8)
+    picture = Image.fromarray(coarse).resize((1440, 960), Image.Resampling.BICUBIC)
+    encoded = _encode(picture, "JPEG", exif=exif.tobytes())
+    config = images.ImageConfig(max_pixels=224 * 224, jpeg_draft=True)
+    drafted, grid = config.preprocess(encoded)
+    exact, exact_grid = images.preprocess(encoded, max_pixels=224 * 224)
+    np.testing.assert_array_equal(grid, exact_grid)
+    assert grid[1] > grid[2]  # upright: portrait
+    assert not np.array_equal(drafted, exact) and np.abs(drafted - exact).mean() < 0.05
