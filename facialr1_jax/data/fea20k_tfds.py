@@ -1,13 +1,19 @@
 """TFDS builder `fea20k`: FEA-20K annotations + source images -> array_record, no TensorFlow.
 
-The FEA-20K release ships annotations only (FEA JSONL); images come from the source datasets,
-which users obtain under their own licences. Put both in the manual folder:
+The FEA-20K release ships annotations only (FEA JSONL files, one or more per source dataset and
+split); images come from the source datasets, which users obtain under their own licences, each
+in its own folder (the reference trains with one image folder per JSONL file). Put both in the
+manual folder, in one of two layouts:
 
-    <manual_dir>/
-        train.jsonl        FEA JSONL; one file per split: train.jsonl, validation.jsonl, test.jsonl
-        test.jsonl
-        images/            the image root: the JSONL `image` paths are relative to it
-                           (without an images/ folder, manual_dir itself is the root)
+  1. A manifest, `<manual_dir>/manifest.json`, pairing each JSONL file with its image folder
+     (paths relative to manual_dir, or absolute):
+
+        {"train": [{"jsonl": "FABA-Train.jsonl", "image_root": "FABA-Train"},
+                   {"jsonl": "DISFA-Train.jsonl", "image_root": "DISFA-Train"}],
+         "test":  [{"jsonl": "FABA-Test.jsonl", "image_root": "FABA-Test"}]}
+
+  2. Without a manifest: `train.jsonl`, `test.jsonl` (and/or `validation.jsonl`) with one image
+     root, `<manual_dir>/images/` (or manual_dir itself when there is no images/ folder).
 
 Build and read back (TensorFlow is neither needed nor imported):
 
@@ -19,13 +25,15 @@ Build and read back (TensorFlow is neither needed nor imported):
 
 Configs: one per source dataset (disfa, bp4d, raf_au, faba, fer2013, affectnet, raf_db) and
 `all`. A record belongs to a dataset config when its `dataset` field names that dataset's
-profile (case and punctuation ignored, "FABA-Instruct" -> FABA); `all` keeps every record.
+profile (case and punctuation ignored, "FABA-Instruct" -> FABA); `all` keeps every record. A
+split with no record for the config is left out (TFDS cannot write an empty split).
 
-Ingest runs `data.sources.scan_fea_jsonl`: records validated and normalised by `fea.records`
-(emotion synonyms -> nouns, AU code formats -> "AUn"), labels checked against the dataset
-profile, every image path kept inside the root and every image decoded. Bad rows follow
-`on_error`: "raise" aborts the build naming file, line and field; "skip" leaves them out, logs
-the count and writes `problems-<split>.json` next to the generated files (or into `report_dir`).
+Ingest runs `data.sources.scan_fea_jsonl` on each file: records validated and normalised by
+`fea.records` (emotion synonyms -> nouns, AU code formats -> "AUn"), labels checked against the
+dataset profile, every image path kept inside its root and every image decoded. Bad rows follow
+`on_error`: "raise" aborts the build naming file, line and field; "skip" leaves them out, logs the
+count and writes `problems-<split>-<jsonl name>.json` next to the generated files (or into
+`report_dir`).
 
 Images are stored as their original encoded bytes (`Tensor(shape=(), dtype=object)`), with
 their decoded size, so a pipeline can size batches without decoding.
@@ -150,29 +158,24 @@ class Fea20k(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = Path(dl_manager.manual_dir)
-        image_root = manual_dir / IMAGE_FOLDER
-        if not image_root.is_dir():
-            image_root = manual_dir
-        found = {split: manual_dir / f"{split}.jsonl" for split in SPLITS
-                 if (manual_dir / f"{split}.jsonl").is_file()}
-        if not found:
-            raise FileNotFoundError(
-                f"no split file in {manual_dir}: expected one or more of "
-                f"{', '.join(split + '.jsonl' for split in SPLITS)}")
-        # Scanned here rather than while writing: TFDS cannot write an empty split, so a split
-        # with no record of this config's dataset is left out (and said so in the log).
+        inputs = split_inputs(Path(dl_manager.manual_dir))
+        # Scanned here rather than while writing, so that a split without a record of this
+        # config's dataset can be left out.
         generators = {}
-        for split, path in found.items():
-            scan = self._scan(split, path, image_root)
-            members = [index for index, record in enumerate(scan.records) if self._belongs(record)]
-            logging.info("fea20k/%s %s: %d of %d usable records belong to this config",
-                         self.builder_config.name, split, len(members), len(scan.records))
+        for split, pairs in inputs.items():
+            members = []
+            for jsonl_path, image_root in pairs:
+                scan = self._scan(split, jsonl_path, image_root)
+                members += [(scan, index) for index, record in enumerate(scan.records)
+                            if self._belongs(record)]
+            logging.info("fea20k/%s %s: %d records", self.builder_config.name, split,
+                         len(members))
             if members:
-                generators[split] = self._generate_examples(scan, members)
+                generators[split] = self._generate_examples(members)
         if not generators:
+            files = ", ".join(str(jsonl) for pairs in inputs.values() for jsonl, _ in pairs)
             raise ValueError(f"fea20k/{self.builder_config.name}: no usable record of "
-                             f"{self.builder_config.dataset} in {', '.join(map(str, found.values()))}")
+                             f"{self.builder_config.dataset} in {files}")
         return generators
 
     def _belongs(self, record: FEARecord) -> bool:
@@ -186,17 +189,66 @@ class Fea20k(tfds.core.GeneratorBasedBuilder):
         report_dir = Path(self._report_dir or self.data_dir)
         scan = sources.scan_fea_jsonl(
             jsonl_path, image_root, on_error=self._on_error,
-            report_path=report_dir / f"problems-{split}.json",
+            report_path=report_dir / f"problems-{split}-{jsonl_path.stem}.json",
             image_check="decode", image_config=self._image_config)
         if scan.problems:
             logging.warning("fea20k/%s %s: %d bad rows skipped: %s", self.builder_config.name,
                             split, scan.bad_rows, scan.summary())
         return scan
 
-    def _generate_examples(self, scan: sources.ScanResult, members: list[int]):
-        for index in members:
-            record = scan.records[index]
-            yield record.id, _example(record, scan.lines[index], scan.image_infos[index], scan)
+    def _generate_examples(self, members: list[tuple[sources.ScanResult, int]]):
+        for scan, index in members:
+            record, line = scan.records[index], scan.lines[index]
+            # File and line make a key unique within the split, whatever the ids.
+            yield f"{scan.file}:{line}", _example(record, line, scan.image_infos[index], scan)
+
+
+MANIFEST = "manifest.json"
+
+
+def split_inputs(manual_dir: Path) -> dict[str, list[tuple[Path, Path]]]:
+    """{split: [(jsonl file, image root), ...]} from the manifest or the plain layout."""
+    manifest_path = manual_dir / MANIFEST
+    if not manifest_path.is_file():
+        image_root = manual_dir / IMAGE_FOLDER
+        if not image_root.is_dir():
+            image_root = manual_dir
+        found = {split: [(manual_dir / f"{split}.jsonl", image_root)] for split in SPLITS
+                 if (manual_dir / f"{split}.jsonl").is_file()}
+        if not found:
+            raise FileNotFoundError(
+                f"no {MANIFEST} and no split file in {manual_dir}: expected a manifest or one "
+                f"or more of {', '.join(split + '.jsonl' for split in SPLITS)}")
+        return found
+
+    where = str(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{where}: not valid JSON: {error}") from None
+    if not isinstance(manifest, dict) or not manifest:
+        raise ValueError(f"{where}: expected an object {{split: [entries]}}, got {manifest!r}")
+    inputs = {}
+    for split, entries in manifest.items():
+        if split not in SPLITS:
+            raise ValueError(f"{where}: unknown split {split!r}; expected one of {SPLITS}")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f"{where}: split {split!r} needs a non-empty list of entries")
+        pairs = []
+        for number, entry in enumerate(entries):
+            label = f"{where}: {split}[{number}]"
+            if not isinstance(entry, dict) or set(entry) != {"jsonl", "image_root"}:
+                raise ValueError(f"{label}: expected {{\"jsonl\": ..., \"image_root\": ...}}, "
+                                 f"got {entry!r}")
+            jsonl_path = manual_dir / entry["jsonl"]
+            image_root = manual_dir / entry["image_root"]
+            if not jsonl_path.is_file():
+                raise FileNotFoundError(f"{label}: no JSONL file {str(jsonl_path)!r}")
+            if not image_root.is_dir():
+                raise FileNotFoundError(f"{label}: no image folder {str(image_root)!r}")
+            pairs.append((jsonl_path, image_root))
+        inputs[split] = pairs
+    return inputs
 
 
 def _example(record: FEARecord, line: int, infos: tuple[sources.ImageInfo, ...],

@@ -3,19 +3,28 @@
 The numerical reference is `transformers`' `Qwen2VLImageProcessorPil`; for the same decoded image
 `preprocess` returns bit-identical `pixel_values` and the same grid. The reference works in
 float64/float32 on the whole resized image and then shuffles the floats into patches; here the
-uint8 pixels are shuffled first (a quarter of the bytes) and then mapped to floats with a
-256-entry table per channel. The table holds exactly the values the reference computes for each
-byte - `float32(byte * (1/255))` in float64 first, then `(x - mean) / std` in float32 - so the
-result is equal bit for bit, not just close.
+uint8 pixels are shuffled first (a quarter of the bytes) and then mapped to floats by table
+look-up. The tables hold exactly the values the reference computes for each byte -
+`float32(byte * (1/255))` in float64 first, then `(x - mean) / std` in float32 - so the result is
+equal bit for bit, not just close. The look-up goes two pixels at a time (a 65536-entry table of
+float pairs per channel), which halves the number of gathers.
 
 Resizing is done by Pillow with the reference's filter (bicubic) on the same RGB image, so it is
 exact as well. Grayscale ("L") images are resized as one channel and the three output channels
 are read from it: Pillow's L->RGB conversion copies the value into each channel and bicubic
 resampling treats channels independently, so this is the same image at a third of the cost.
 
+RGB conversion follows the reference processor: transparency is composited onto white; palette,
+grayscale and CMYK images are expanded by Pillow; 16-bit grayscale is clipped to 255 by Pillow's
+conversion (not rescaled). Decoded files are turned upright by their EXIF orientation, as
+`transformers.image_utils.load_image` does.
+
 Decoding (`open_image`) is where bad files are caught: every failure is an `ImageLoadError` with
 a `kind` (missing, empty, unreadable, unrecognised, truncated, corrupt, too_large, unsupported,
 aspect_ratio) and a message saying what is wrong, so data checks can count and report them.
+
+`jpeg_draft=True` is the one opt-in departure from the reference: large JPEGs are decoded at a
+reduced DCT scale (see `preprocess`), several times faster for video frames.
 """
 
 from __future__ import annotations

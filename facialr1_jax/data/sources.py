@@ -235,6 +235,7 @@ def _check_images(record: FEARecord, line: int, file: str, image_root: str, leve
             if level == "preprocess":
                 config.preprocess(decoded)
             else:
+                image_lib.to_rgb(decoded)  # a mode with no RGB conversion fails here
                 config.grid_thw(decoded.height, decoded.width)
             infos.append(ImageInfo(decoded.format, decoded.mode, decoded.width, decoded.height))
         except (image_lib.ImageLoadError, ImagePathError) as error:
@@ -494,7 +495,12 @@ class DataCheck:
         return self.scan.on_error == "skip" or not self.scan.problems
 
     def per_dataset(self) -> dict[str, int]:
-        return dict(collections.Counter(r.dataset for r in self.scan.records).most_common())
+        """Usable records per dataset; spellings of one profile ("raf-db", "RAF-DB") count as one."""
+        def name(dataset: str) -> str:
+            profile = find_profile(dataset)
+            return profile.name if profile is not None else dataset
+
+        return dict(collections.Counter(name(r.dataset) for r in self.scan.records).most_common())
 
     def per_label(self) -> dict[str, int]:
         return dict(collections.Counter(r.label or "(none)" for r in self.scan.records)

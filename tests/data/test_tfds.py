@@ -197,7 +197,7 @@ def test_bad_rows_are_skipped_and_reported_under_skip(manual):
     ])
     builder = manual.build("all", on_error="skip")
     assert len(builder.as_data_source(split="train")) == 7
-    report = json.loads((Path(builder.data_dir) / "problems-train.json").read_text())
+    report = json.loads((Path(builder.data_dir) / "problems-train-train.json").read_text())
     found = [(problem["line"], problem["field"], problem["kind"]) for problem in report["problems"]]
     assert found == [(9, "image", "image:missing"), (10, "labels", "labels"),
                      (11, "labels", "labels:profile"), (12, "image", "image")]
@@ -210,14 +210,14 @@ def test_bad_rows_abort_the_build_under_raise(manual, tmp_path):
         manual.build("all", report_dir=tmp_path / "reports")
     problem = caught.value.problem
     assert (Path(problem.file).name, problem.line, problem.field) == ("train.jsonl", 9, "image")
-    report = json.loads((tmp_path / "reports" / "problems-train.json").read_text())
+    report = json.loads((tmp_path / "reports" / "problems-train-train.json").read_text())
     assert report["bad_rows"] == 1
 
 
 def test_missing_split_files_are_a_clear_error(tmp_path):
     (tmp_path / "empty" / "images").mkdir(parents=True)  # images, but no annotation file
     builder = fea20k_tfds.Fea20k(config="all", data_dir=tmp_path / "tfds")
-    with pytest.raises(FileNotFoundError, match="expected one or more of train.jsonl"):
+    with pytest.raises(FileNotFoundError, match="expected a manifest or one or more of train.jsonl"):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "empty")))
 
@@ -236,3 +236,48 @@ def test_grain_worker_processes_decode_the_images(manual):
     assert sorted(seen) == ["r1", "r2"]
     expected_pixels, _ = config.preprocess(manual.root / "RAF-DB/aligned/r1.jpg")
     np.testing.assert_array_equal(seen["r1"]["pixel_values"], expected_pixels)
+
+
+def _release_layout(tmp_path: Path) -> Path:
+    """The release's shape: one JSONL per dataset and split, each with its own image folder;
+    ids restart in every file."""
+    manual = tmp_path / "release"
+    for folder, dataset, label, size in (("RAF-DB-Train", "RAF-DB", "happy", (100, 100)),
+                                         ("FER2013-Train", "FER2013", "sad", (48, 48))):
+        (manual / folder).mkdir(parents=True)
+        (manual / folder / "0001.jpg").write_bytes(_encode(len(folder), size))
+        (manual / f"{folder}.jsonl").write_text(
+            json.dumps(_row("0001", dataset, "0001.jpg", [label], [])) + "\n")
+    manifest = {"train": [{"jsonl": "RAF-DB-Train.jsonl", "image_root": "RAF-DB-Train"},
+                          {"jsonl": "FER2013-Train.jsonl", "image_root": "FER2013-Train"}]}
+    (manual / "manifest.json").write_text(json.dumps(manifest))
+    return manual
+
+
+def test_manifest_pairs_each_file_with_its_image_folder(tmp_path):
+    manual = _release_layout(tmp_path)
+    builder = fea20k_tfds.Fea20k(config="all", data_dir=tmp_path / "tfds")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    source = fea20k_tfds.Fea20kSource.from_builder(builder, "train")
+    elements = sorted((source[i] for i in range(len(source))), key=lambda e: e["dataset"])
+    assert [(e["dataset"], e["id"], e["record"].label) for e in elements] == [
+        ("FER2013", "0001", "sadness"), ("RAF-DB", "0001", "happiness")]
+    assert elements[0]["image_bytes"][0] == (manual / "FER2013-Train" / "0001.jpg").read_bytes()
+    assert elements[1]["image_bytes"][0] == (manual / "RAF-DB-Train" / "0001.jpg").read_bytes()
+    assert set(builder.info.splits) == {"train"}
+
+
+@pytest.mark.parametrize("manifest,message", [
+    ({"training": []}, "unknown split 'training'"),
+    ({"train": []}, "needs a non-empty list"),
+    ({"train": [{"jsonl": "RAF-DB-Train.jsonl"}]}, "expected {\"jsonl\": ..., \"image_root\": ...}"),
+    ({"train": [{"jsonl": "nope.jsonl", "image_root": "RAF-DB-Train"}]}, "no JSONL file"),
+    ({"train": [{"jsonl": "RAF-DB-Train.jsonl", "image_root": "nope"}]}, "no image folder"),
+])
+def test_manifest_mistakes_are_named(tmp_path, manifest, message):
+    manual = _release_layout(tmp_path)
+    (manual / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises((ValueError, FileNotFoundError)) as caught:
+        fea20k_tfds.split_inputs(manual)
+    assert message in str(caught.value) and "manifest.json" in str(caught.value)
