@@ -41,6 +41,7 @@ their decoded size, so a pipeline can size batches without decoding.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -313,18 +314,14 @@ class Fea20kSource:
     def __repr__(self) -> str:
         return f"Fea20kSource({self._data_source!r}, decode={self.decode!r})"
 
+    @functools.cached_property
+    def records(self) -> tuple[FEARecord, ...]:
+        """Every record of the split, in source order (images are not decoded)."""
+        return tuple(_stored_record(self._data_source[index]) for index in range(len(self)))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         stored = self._data_source[int(index)]
-        record = FEARecord(
-            id=_text(stored["id"]),
-            dataset=_text(stored["dataset"]),
-            images=tuple(_text(path) for path in stored["image_paths"]),
-            question=_text(stored["question"]),
-            aus=tuple(_text(au) for au in stored["aus"]),
-            labels=tuple(_text(label) for label in stored["labels"]),
-            description=_text(stored["description"]),
-            meta_info=json.loads(_text(stored["meta_info"])),
-        )
+        record = _stored_record(stored)
         line = int(stored["source_line"])
         element = {
             "id": record.id,
@@ -337,3 +334,16 @@ class Fea20kSource:
         encoded = tuple(bytes(data) for data in stored["images"])
         return sources.attach_images(element, encoded, decode=self.decode,
                                      image_config=self.image_config)
+
+
+def _stored_record(stored: dict[str, Any]) -> FEARecord:
+    return FEARecord(
+        id=_text(stored["id"]),
+        dataset=_text(stored["dataset"]),
+        images=tuple(_text(path) for path in stored["image_paths"]),
+        question=_text(stored["question"]),
+        aus=tuple(_text(au) for au in stored["aus"]),
+        labels=tuple(_text(label) for label in stored["labels"]),
+        description=_text(stored["description"]),
+        meta_info=json.loads(_text(stored["meta_info"])),
+    )

@@ -129,6 +129,9 @@ def test_all_config_builds_normalises_and_reads_back(manual):
         (relative,) = element["image_paths"]
         assert element["image_bytes"] == ((manual.root / relative).read_bytes(),)
 
+    assert sorted(record.id for record in train.records) == sorted(elements)
+    assert {record.id: record for record in train.records}["r2"] == r2
+
     test = fea20k_tfds.Fea20kSource.from_builder(builder, "test")
     assert [test[0]["id"], test[0]["record"].label] == ["t1", "fear"]
     assert "tensorflow" not in sys.modules
