@@ -41,22 +41,25 @@ def test_large_presets_equal_the_published_configs(name, published):
 
 
 @pytest.mark.torch
-def test_7b_preset_parameter_shapes_equal_transformers():
-    # One large preset is enough here (the 3B differs only in sizes checked above); tracing 700
-    # parameter shapes costs seconds.
-    name, published = "qwen2_5_vl_7b", PUBLISHED_7B
+@pytest.mark.parametrize("name, published", [("qwen2_5_vl_7b", PUBLISHED_7B), ("qwen2_5_vl_3b", PUBLISHED_3B)])
+def test_large_preset_parameter_shapes_equal_transformers(name, published):
     torch = pytest.importorskip("torch")
     from transformers import Qwen2_5_VLConfig as HFConfig
     from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.initialization import no_init_weights
 
     from facialr1_jax.models.hf_io import canonical_hf_name, hf_shape, tensor_specs
 
-    from transformers.initialization import no_init_weights
-
+    # Full widths, two layers and two vision blocks: every tensor shape of the checkpoint appears, and
+    # the layer counts are covered by the config equality above (tracing 700 parameters takes seconds).
+    published = {**published, "num_hidden_layers": 2,
+                 "vision_config": {**published["vision_config"], "depth": 2, "fullatt_block_indexes": [1]}}
     with torch.device("meta"), no_init_weights():  # shapes only: no memory, no initialisation
         reference = Qwen2_5_VLForConditionalGeneration(HFConfig(**published))
     expected = {canonical_hf_name(k): tuple(v.shape) for k, v in reference.state_dict().items()}
-    config = get_preset(name)
+    config = get_preset(name, text_config={"num_hidden_layers": 2},
+                        vision_config={"depth": 2, "fullatt_block_indexes": (1,)})
+    assert config == Qwen2_5_VLConfig.from_hf_dict(published)
     abstract = nnx.eval_shape(lambda: Qwen2_5_VL(config))
     variables = {tuple(p): v for p, v in nnx.iter_graph(abstract) if isinstance(v, nnx.Variable)}
     ours = {s.hf_name: hf_shape(s, tuple(variables[s.path].get_value().shape), config) for s in tensor_specs(config)}

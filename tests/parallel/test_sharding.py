@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from facialr1_jax.models import from_pretrained, get_preset, init_model, multimodal_position_ids, save_pretrained
@@ -140,3 +141,32 @@ def test_make_mesh_shapes_and_errors():
         make_mesh({"model": 8})
     with pytest.raises(ValueError, match="at most one"):
         make_mesh({"data": -1, "fsdp": -1})
+
+
+def test_cached_decode_under_sampling_rules_equals_one_device(checkpoint):
+    ids = np.random.default_rng(5).integers(12, CONFIG.text_config.vocab_size, size=(4, 9)).astype(np.int32)
+    positions = np.broadcast_to(np.arange(9)[None, None], (3, 4, 9)).astype(np.int32)
+    slot_mask = np.zeros((4, 12), bool)
+    slot_mask[:, :9] = True
+
+    def prefill_then_step(model, cache_shardings=None):
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def run(state, ids, positions, slot_mask):
+            m = nnx.merge(graphdef, state)
+            cache = m.init_cache(4, 12)
+            _, cache = m.forward(ids[:, :8], positions[:, :, :8], slot_mask.at[:, 8].set(False), cache=cache,
+                                 cache_index=0)
+            logits, cache = m.forward(ids[:, 8:], positions[:, :, 8:], slot_mask, cache=cache, cache_index=8)
+            return logits, cache.keys[0]
+
+        return run(state, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(slot_mask))
+
+    expected, _ = prefill_then_step(from_pretrained(checkpoint))
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    with activation_sharding(mesh, SAMPLING_RULES):
+        logits, keys = prefill_then_step(from_pretrained(checkpoint, mesh=mesh, rules=SAMPLING_RULES))
+    # The cache lives sharded over batch and key/value heads.
+    assert keys.sharding.is_equivalent_to(NamedSharding(mesh, P("fsdp", None, "tensor", None)), keys.ndim)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5, rtol=1e-5)
