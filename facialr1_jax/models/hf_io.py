@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import re
@@ -35,8 +34,6 @@ from facialr1_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from facialr1_jax.models.qwen2_5_vl.model import Qwen2_5_VL
 from facialr1_jax.models.safetensors_io import SafetensorsFile, write_safetensors
 from facialr1_jax.parallel.rules import Rules, TRAINING_RULES, variable_sharding
-
-_log = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

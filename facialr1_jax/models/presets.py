@@ -4,9 +4,9 @@
 |-----------------|-----------------------------|---------------------------|-----|
 | `tiny`          | 2 x 64, vocab 256           | 3 x 32, window 56         | unit and parity tests on CPU |
 | `small`         | 8 x 512, vocab 32768        | 4 x 256, window 112       | CPU benchmarks |
-| `demo`          | 4 x 256, bundled tokenizer  | 2 x 128, window 112       | the built-in demo model (SFT + GRPO on a laptop CPU) |
+| `demo`          | 4 x 256, bundled tokenizer  | 2 x 128, window 112       | the built-in demo model (CPU SFT + GRPO) |
 | `qwen2_5_vl_3b` | 36 x 2048, vocab 151936     | 32 x 1280                 | Qwen/Qwen2.5-VL-3B-Instruct |
-| `qwen2_5_vl_7b` | 28 x 3584, vocab 152064     | 32 x 1280                 | Qwen/Qwen2.5-VL-7B-Instruct (Facial-R1's base) |
+| `qwen2_5_vl_7b` | 28 x 3584, vocab 152064     | 32 x 1280                 | Qwen/Qwen2.5-VL-7B-Instruct (the base) |
 
 The 3B / 7B presets reproduce the published `config.json` files field by field, so a model built from
 them has exactly the parameter shapes of those checkpoints. The demo preset takes its vocabulary size and
