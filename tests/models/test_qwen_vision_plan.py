@@ -102,3 +102,39 @@ def test_text_positions_skip_left_padding():
     np.testing.assert_array_equal(positions[0], [[0, 0, 0, 1], [0, 1, 2, 3]])
     assert (positions[0] == positions[1]).all() and (positions[1] == positions[2]).all()
     np.testing.assert_array_equal(deltas, [0, 0])
+
+
+@pytest.mark.parametrize("grid", [[[1, 14, 18]], [[1, 8, 8], [2, 4, 6]]])
+def test_blocked_window_and_chunked_full_attention_equal_dense_masks(grid):
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from facialr1_jax.models.qwen2_5_vl.vision import _attend, full_segment_attention, windowed_attention
+
+    plan = vision_plan(grid, VISION, pad_to=vision_plan(grid, VISION).num_patches + 8)
+    n = plan.num_patches
+    keys = jax.random.split(jax.random.key(0), 3)
+    query, key, value = (jax.random.normal(k, (n, 2, 8)) for k in keys)
+    weights = jnp.asarray(plan.window_segment_ids >= 0, jnp.float32)[:, None, None]  # real patches only
+
+    def dense(q, segments):
+        return _attend(q, key, value, segments, segments) * weights
+
+    def full(q, segments):
+        return full_segment_attention(q, key, value, segments, query_chunk=24) * weights
+
+    def windowed(q, segments):
+        return windowed_attention(q, key, value, segments, VISION.window_patches) * weights
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_and_grad(fn, q, segments):
+        return fn(q, segments), jax.grad(lambda x: fn(x, segments).sum())(q)
+
+    windows, images = jnp.asarray(plan.window_segment_ids), jnp.asarray(plan.image_segment_ids)
+    for fn, segments in ((full, windows), (full, images), (windowed, windows)):
+        got, got_grad = value_and_grad(fn, query, segments)
+        expected, expected_grad = value_and_grad(dense, query, segments)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(got_grad), np.asarray(expected_grad), atol=1e-5, rtol=1e-5)

@@ -107,6 +107,11 @@ class VisionConfig:
         return self.spatial_merge_size**2
 
     @property
+    def window_patches(self) -> int:
+        """The most patches one attention window can hold ((112 px / 14 px)^2 = 64)."""
+        return (self.window_size // self.patch_size) ** 2
+
+    @property
     def merged_window_size(self) -> int:
         """Window side measured in merged tokens (112 px / 14 px / 2 = 4)."""
         return self.window_size // self.spatial_merge_size // self.patch_size

@@ -14,6 +14,11 @@ jitted tower sees only arrays of a fixed length and a bucketed number of patches
 
 Padding (`pad_to`) appends patches that form their own segment (id -1), attend only among themselves
 and come out after all real merged tokens, so callers drop them by count.
+
+Attention is always "same segment id" masking. Windowed blocks compute it block by block (a window
+holds at most (window_size / patch_size)^2 patches, so each block of that many positions only needs
+itself and its two neighbours): O(N * 64) rather than O(N^2) memory. Full-attention blocks take
+1024 queries at a time against all keys.
 """
 
 from __future__ import annotations
@@ -131,6 +136,71 @@ def vision_plan(grid_thw, config: VisionConfig, pad_to: int | None = None) -> Vi
                       merged_restore=as_int32(merged_restore))
 
 
+# Segment ids that never occur in a plan: the tail padding of the blocked layouts below.
+_BLOCK_PADDING = -2
+_NO_NEIGHBOUR = -3
+# Full-attention blocks process this many queries at a time against all keys.
+FULL_ATTENTION_QUERY_CHUNK = 1024
+
+
+def _attend(query, key, value, query_segments, key_segments):
+    """Attention of (..., Lq, H, D) queries over (..., Lk, H, D) keys where segment ids are equal."""
+    mask = query_segments[..., :, None] == key_segments[..., None, :]
+    batch_shape = query.shape[:-3]
+    flat = lambda a: a.reshape((-1,) + a.shape[len(batch_shape):])
+    out = masked_attention(flat(query)[:, :, :, None, :], flat(key), flat(value), flat(mask))
+    return out[:, :, :, 0, :].reshape(query.shape)
+
+
+def _pad_rows(array, rows: int, fill):
+    if rows == 0:
+        return array
+    return jnp.concatenate([array, jnp.full((rows,) + array.shape[1:], fill, array.dtype)])
+
+
+def windowed_attention(query, key, value, segment_ids, block: int):
+    """Block-diagonal attention over segments no longer than `block` positions (the windows).
+
+    The window-ordered sequence is cut into blocks of `block` positions; a contiguous segment of at most
+    `block` positions lies within one block or two neighbouring ones, so each query block attends only
+    to its own block and its two neighbours, masked by segment id. Exactly the reference's per-window
+    attention, at O(N * block) cost instead of O(N^2).
+    """
+    n, heads, dim = query.shape
+    blocks = -(-n // block)
+    extra = blocks * block - n
+    segments = _pad_rows(segment_ids, extra, _BLOCK_PADDING).reshape(blocks, block)
+    as_blocks = lambda a: _pad_rows(a, extra, 0).reshape(blocks, block, heads, dim)
+
+    def with_neighbours(a, fill):
+        edge = jnp.full_like(a[:1], fill)
+        return jnp.concatenate([jnp.concatenate([edge, a[:-1]]), a, jnp.concatenate([a[1:], edge])], axis=1)
+
+    out = _attend(as_blocks(query), with_neighbours(as_blocks(key), 0), with_neighbours(as_blocks(value), 0),
+                  segments, with_neighbours(segments, _NO_NEIGHBOUR))
+    return out.reshape(blocks * block, heads, dim)[:n]
+
+
+def full_segment_attention(query, key, value, segment_ids, query_chunk: int = FULL_ATTENTION_QUERY_CHUNK):
+    """Attention within arbitrary-length segments (whole images), `query_chunk` queries at a time so the
+    score matrix never exceeds (query_chunk, N) per head; chunks are rematerialised in the backward pass."""
+    n, heads, dim = query.shape
+    if n <= query_chunk:
+        return _attend(query, key, value, segment_ids, segment_ids)
+    chunks = -(-n // query_chunk)
+    extra = chunks * query_chunk - n
+    queries = _pad_rows(query, extra, 0).reshape(chunks, query_chunk, heads, dim)
+    query_segments = _pad_rows(segment_ids, extra, _BLOCK_PADDING).reshape(chunks, query_chunk)
+
+    @jax.checkpoint
+    def one_chunk(args):
+        chunk_queries, chunk_segments = args
+        return _attend(chunk_queries, key, value, chunk_segments, segment_ids)
+
+    out = jax.lax.map(one_chunk, (queries, query_segments))
+    return out.reshape(chunks * query_chunk, heads, dim)[:n]
+
+
 class VisionAttention(nnx.Module):
     def __init__(self, config: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, heads, hd = config.hidden_size, config.num_heads, config.head_dim
@@ -140,13 +210,18 @@ class VisionAttention(nnx.Module):
         self.proj = Projection((heads, hd), (d,), ("vision_heads", "head_dim"), ("vision_embed",), use_bias=True,
                                dtype=dtype, param_dtype=param_dtype, rngs=rngs, stddev=std)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 window_block: int | None) -> jax.Array:
+        """`window_block`: the longest possible segment when the segments are windows, None for images."""
         qkv = self.qkv(x)  # (N, 3, heads, head_dim)
         query, key, value = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         query = constrain(apply_rotary(query, cos, sin), ("vision_tokens", "act_vision_heads", None))
         key = apply_rotary(key, cos, sin)
-        out = masked_attention(query[None, :, :, None, :], key[None], value[None], mask[None])
-        return self.proj(out[0, :, :, 0, :])
+        if window_block is None:
+            out = full_segment_attention(query, key, value, segment_ids)
+        else:
+            out = windowed_attention(query, key, value, segment_ids, window_block)
+        return self.proj(out)
 
 
 class VisionBlock(nnx.Module):
@@ -158,8 +233,8 @@ class VisionBlock(nnx.Module):
                             hidden_axis="vision_mlp", dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                             stddev=config.initializer_range)
 
-    def __call__(self, x, cos, sin, mask):
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def __call__(self, x, cos, sin, segment_ids, window_block):
+        x = x + self.attn(self.norm1(x), cos, sin, segment_ids, window_block)
         x = x + self.mlp(self.norm2(x), lambda h: constrain(h, ("vision_tokens", "act_vision_mlp")))
         return constrain(x, ("vision_tokens", "act_vision_embed"))
 
@@ -211,12 +286,13 @@ class VisionTower(nnx.Module):
         x = self.patch_embed(jnp.take(pixel_values, plan.patch_order, axis=0))
         x = constrain(x, ("vision_tokens", "act_vision_embed"))
         cos, sin = self.rotary(plan.rotary_positions)
-        window_mask = plan.window_segment_ids[:, None] == plan.window_segment_ids[None, :]
-        full_mask = plan.image_segment_ids[:, None] == plan.image_segment_ids[None, :]
         for index, block in enumerate(self.blocks):
-            mask = full_mask if index in self.config.fullatt_block_indexes else window_mask
-            call = nnx.remat(VisionBlock.__call__) if self.remat else VisionBlock.__call__
-            x = call(block, x, cos, sin, mask)
+            if index in self.config.fullatt_block_indexes:
+                segments, window_block = plan.image_segment_ids, None
+            else:
+                segments, window_block = plan.window_segment_ids, self.config.window_patches
+            call = nnx.remat(VisionBlock.__call__, static_argnums=(5,)) if self.remat else VisionBlock.__call__
+            x = call(block, x, cos, sin, segments, window_block)
         merged = self.merger(x)
         return jnp.take(merged, plan.merged_restore, axis=0)
 
