@@ -1,0 +1,101 @@
+"""Token choice: filters against transformers' logits warpers, sampling frequencies, greedy, log-probs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facialr1_jax.sampling import SamplingConfig, choose_tokens, filter_logits, row_keys, step_keys
+from facialr1_jax.sampling.samplers import suppress_tokens
+
+CONFIGS = [
+    SamplingConfig(temperature=1.0),
+    SamplingConfig(temperature=0.7, top_k=5),
+    SamplingConfig(temperature=1.3, top_p=0.8),
+    SamplingConfig(temperature=0.9, top_k=12, top_p=0.6),
+    SamplingConfig(temperature=1.0, top_p=0.05),  # keeps only the most likely token
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_filters_equal_transformers_warpers(config):
+    torch = pytest.importorskip("torch")
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    logits = np.random.default_rng(0).standard_normal((6, 40)).astype(np.float32) * 3
+    logits[0, :4] = logits[0, 4]  # ties at a threshold
+    scores = torch.tensor(logits)
+    scores = TemperatureLogitsWarper(config.temperature)(None, scores)
+    if config.top_k:
+        scores = TopKLogitsWarper(config.top_k)(None, scores)
+    if config.top_p < 1.0:
+        scores = TopPLogitsWarper(config.top_p)(None, scores)
+    expected = scores.numpy()
+    got = np.asarray(jax.jit(filter_logits, static_argnums=1)(jnp.asarray(logits), config))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+    kept = np.isfinite(expected)
+    np.testing.assert_allclose(got[kept], expected[kept], rtol=1e-6, atol=1e-6)
+
+
+def test_sampling_frequencies_follow_the_filtered_distribution():
+    config = SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)
+    logits = jnp.asarray(np.random.default_rng(1).standard_normal(10).astype(np.float32) * 2)
+    draws = 20_000
+
+    @jax.jit
+    def draw(key):
+        keys = step_keys(row_keys(key, draws), 0)
+        return choose_tokens(jnp.broadcast_to(logits, (draws, 10)), keys, config)
+
+    tokens, sampled, policy = draw(jax.random.key(0))
+    target = np.asarray(jax.nn.softmax(filter_logits(logits[None], config))[0])
+    frequencies = np.bincount(np.asarray(tokens), minlength=10) / draws
+    assert np.all(frequencies[target == 0] == 0), "a filtered token was drawn"
+    # 4 standard errors of a binomial proportion at these sample sizes.
+    np.testing.assert_allclose(frequencies, target, atol=4 * np.sqrt(0.25 / draws))
+    np.testing.assert_allclose(np.asarray(sampled), np.log(target[np.asarray(tokens)]), atol=1e-5)
+    scaled_policy = np.asarray(jax.nn.log_softmax(logits / config.temperature))
+    np.testing.assert_allclose(np.asarray(policy), scaled_policy[np.asarray(tokens)], atol=1e-5)
+
+
+def test_greedy_takes_the_argmax_and_reports_policy_log_probs():
+    logits = jnp.asarray(np.random.default_rng(2).standard_normal((5, 30)).astype(np.float32))
+    tokens, sampled, policy = choose_tokens(logits, None, SamplingConfig(temperature=0.0))
+    np.testing.assert_array_equal(np.asarray(tokens), np.argmax(np.asarray(logits), axis=-1))
+    expected = np.asarray(jax.nn.log_softmax(logits))[np.arange(5), np.asarray(tokens)]
+    np.testing.assert_allclose(np.asarray(sampled), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(policy), expected, atol=1e-6)
+
+
+def test_suppressed_tokens_are_never_chosen():
+    logits = np.zeros((3, 8), np.float32)
+    logits[:, 5] = 10.0  # the argmax, suppressed
+    suppressed = jnp.asarray([5, -1, -1, -1], jnp.int32)
+    choose = jax.jit(choose_tokens, static_argnums=2)
+    tokens, _, _ = choose(jnp.asarray(logits), None, SamplingConfig(temperature=0.0), suppressed)
+    assert not np.any(np.asarray(tokens) == 5)
+    keys = step_keys(row_keys(jax.random.key(3), 3), 0)
+    tokens, sampled, _ = choose(jnp.asarray(logits), keys, SamplingConfig(temperature=1.0), suppressed)
+    assert not np.any(np.asarray(tokens) == 5)
+    np.testing.assert_allclose(np.asarray(sampled), np.log(1 / 7), atol=1e-6)  # uniform over the other 7
+    assert np.isneginf(np.asarray(suppress_tokens(jnp.asarray(logits), suppressed))[:, 5]).all()
+
+
+def test_row_keys_do_not_depend_on_the_number_of_rows():
+    key = jax.random.key(7)
+    few, many = row_keys(key, 3), row_keys(key, 9)
+    np.testing.assert_array_equal(jax.random.key_data(few), jax.random.key_data(many[:3]))
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(top_k=-1), dict(top_k=2.5), dict(top_p=0.0),
+                                    dict(top_p=1.5)])
+def test_bad_sampling_settings_are_rejected(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SamplingConfig(**kwargs)
