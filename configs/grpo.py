@@ -14,9 +14,10 @@ from configs import sft as sft_config
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c = base.get_base_config()
     c.stage = "grpo"
-    # The SFT stage this run warm-starts from; the launcher runs it into WORKDIR/sft when no
-    # checkpoint is given and none is found there.
-    c.sft = sft_config.get_config(variant).sft
+    # The complete stage 1 config of the warm start: when no checkpoint is given (grpo.init_from,
+    # model.checkpoint) and WORKDIR/sft holds none, this SFT run trains there first.
+    # Override its knobs as --config.warm_start.sft.num_steps=... etc.
+    c.warm_start = sft_config.get_config(variant)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.init_from = ""  # Checkpoint or workdir to start from; "" = WORKDIR/sft (trained first if absent).
@@ -39,7 +40,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.grpo.ratio_level = "token"  # token (GRPO) | sequence (GSPO: geometric-mean ratio per completion).
     c.grpo.au_think_only = False  # Apply the AU reward's advantage only to tokens inside <think> (reference variant).
     c.grpo.eval_every_steps = 0  # Greedy evaluation on the held-out split every N steps; 0 = only before and after.
-    c.grpo.eval_num_examples = 200  # Held-out examples in the before/after table.
+    c.grpo.eval_num_examples = 0  # Held-out examples in the before/after table (0 = the whole test split).
+    c.grpo.eval_batch_size = 32  # Prompts per greedy generation batch in the evaluations.
     c.grpo.log_samples = 2  # Sample completions written to the log at each logging step.
 
     c.rewards = ml_collections.ConfigDict()

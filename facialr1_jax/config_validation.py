@@ -108,7 +108,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "grpo.eps_high": (_non_negative, ">= 0"),
     "grpo.beta": (_non_negative, ">= 0 (0 = no reference model)"),
     "grpo.advantage_eps": (_non_negative, ">= 0"),
-    "grpo.eval_num_examples": (_non_negative, ">= 0"),
+    "grpo.eval_num_examples": (_non_negative, ">= 0 (0 = all)"),
+    "grpo.eval_batch_size": (_positive, "> 0"),
+    "grpo.log_samples": (_non_negative, ">= 0"),
+    "grpo.eval_every_steps": (_non_negative, ">= 0"),
     "rewards.clamp": (_positive, "> 0"),
     "rewards.length_target": (_non_negative, ">= 0"),
     "synth.max_attempts": (_positive, ">= 1"),
@@ -133,26 +136,31 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first invalid key; returns None when the config is usable."""
+def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+    """Raises ConfigError naming the first invalid key; returns None when the config is usable.
+
+    Nested stage configs (GRPO's `warm_start`, the SFT run it trains first) are checked too.
+    """
+    if "warm_start" in config:
+        validate(config.warm_start, prefix=f"{prefix}warm_start.")
     for key, allowed in CHOICES.items():
         present, value = _lookup(config, key)
         if present and value not in allowed:
-            raise ConfigError(f"config.{key} = {value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"config.{prefix}{key} = {value!r} is not one of {', '.join(allowed)}")
     for key, (predicate, wording) in RULES.items():
         present, value = _lookup(config, key)
         if not present:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config.{key} = {value!r} must be a number {wording}")
+            raise ConfigError(f"config.{prefix}{key} = {value!r} must be a number {wording}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"config.{key} = {value!r} must be finite")
+            raise ConfigError(f"config.{prefix}{key} = {value!r} must be finite")
         if not predicate(value):
-            raise ConfigError(f"config.{key} = {value!r} must be {wording}")
+            raise ConfigError(f"config.{prefix}{key} = {value!r} must be {wording}")
     present, min_pixels = _lookup(config, "data.min_pixels")
     if present and min_pixels > config.data.max_pixels:
         raise ConfigError(
-            f"config.data.min_pixels = {min_pixels} exceeds config.data.max_pixels = {config.data.max_pixels}"
+            f"config.{prefix}data.min_pixels = {min_pixels} exceeds config.{prefix}data.max_pixels = {config.data.max_pixels}"
         )
     present, overrides = _lookup(config, "model.preset_overrides")
     if present and overrides:
@@ -170,6 +178,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if "data" in config and config.data.source == "jsonl" and config.stage in ("sft", "grpo", "pipeline"):
         if not config.data.train_jsonl:
-            raise ConfigError("config.data.source = 'jsonl' needs config.data.train_jsonl (an FEA JSONL file)")
+            raise ConfigError(f"config.{prefix}data.source = 'jsonl' needs config.{prefix}data.train_jsonl (an FEA JSONL file)")
         if not config.data.image_root:
-            raise ConfigError("config.data.source = 'jsonl' needs config.data.image_root (the folder images live in)")
+            raise ConfigError(
+                f"config.{prefix}data.source = 'jsonl' needs config.{prefix}data.image_root (the folder images live in)"
+            )

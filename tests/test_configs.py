@@ -27,10 +27,11 @@ def test_shipped_configs_load_and_validate(name, variant):
     config = importlib.import_module(f"configs.{name}").get_config(variant)
     assert config.stage == name
     assert config.stage in stages.STAGES
-    if config.data.source == "jsonl":
-        # Real-data variants need paths from the user; with them filled in they are valid.
-        config.data.train_jsonl = "train.jsonl"
-        config.data.image_root = "images"
+    for section in (config, config.get("warm_start")):
+        if section is not None and section.data.source == "jsonl":
+            # Real-data variants need paths from the user; with them filled in they are valid.
+            section.data.train_jsonl = "train.jsonl"
+            section.data.image_root = "images"
     config_validation.validate(config)
 
 
@@ -53,7 +54,7 @@ def test_unknown_variant_is_a_clear_error(name):
         ("rewards.au_mode", "F1", "is not one of 2f1-1, f1"),
         ("data.on_error", "ignore", "is not one of raise, skip"),
         ("mesh.fsdp", 0, "-1 or >= 1"),
-        ("sft.batch_size", True, "must be a number"),
+        ("grpo.prompts_per_step", True, "must be a number"),
     ],
 )
 def test_validation_names_key_and_rule(key, value, message):
@@ -92,3 +93,10 @@ def test_missing_stage_module_names_its_issue(monkeypatch):
 def test_unknown_stage_lists_known_ones():
     with pytest.raises(stages.StageUnavailableError, match="known stages: sft, grpo"):
         stages.resolve_stage("distill")
+
+
+def test_nested_warm_start_is_validated_with_its_path():
+    config = importlib.import_module("configs.grpo").get_config()
+    config.warm_start.optimizer.lr = -2.0
+    with pytest.raises(config_validation.ConfigError, match=r"config.warm_start.optimizer.lr = -2.0 must be > 0"):
+        config_validation.validate(config)

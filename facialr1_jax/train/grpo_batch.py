@@ -1,0 +1,165 @@
+"""From prompts and sampled completions to GRPO training batches (host-side numpy).
+
+The rollout engine returns, for P prompts and G samples each, R = P * G completion rows ordered
+[prompt0 x G, prompt1 x G, ...]. A policy update needs each row as one training sequence:
+
+    input_ids   = left-padded prompt (Lp columns) ++ completion (T columns, pad after the stop)
+    positions   = the prompt's M-RoPE positions ++ (real prompt tokens + j + rope_delta) for token j,
+                  the same positions the engine used while decoding
+    targets[t]  = input_ids[t + 1], so completion token j is predicted at column Lp - 1 + j
+
+plus the per-row/per-token GRPO inputs (advantages, completion mask, old and reference
+log-probs). The layout is `facialr1_jax.train.forward`'s micro-batched layout, so the shared
+TrainStep accumulates GRPO micro-batches exactly like SFT ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from facialr1_jax.data import batching
+
+# First think block, tags matched case-insensitively (the AU reward's rule in fea.answers).
+_THINK_SPAN = re.compile(rb"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class PromptCycler:
+    """An endless, seeded order over a split's records; its state is checkpointed with the run.
+
+    Each epoch is a fresh permutation drawn from (seed, epoch), so the order after a resume is the
+    order an uninterrupted run would have seen.
+    """
+
+    size: int
+    seed: int
+    shuffle: bool = True
+    epoch: int = 0
+    position: int = 0
+
+    def __post_init__(self):
+        if self.size < 1:
+            raise ValueError("PromptCycler needs at least one record")
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def take(self, count: int) -> list[int]:
+        indices: list[int] = []
+        while len(indices) < count:
+            order = self._order(self.epoch)
+            needed = count - len(indices)
+            chunk = order[self.position : self.position + needed]
+            indices.extend(int(i) for i in chunk)
+            self.position += len(chunk)
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+        return indices
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "size": self.size, "seed": self.seed}
+
+    def set_state(self, state: dict) -> None:
+        if int(state["size"]) != self.size or int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"the checkpointed prompt order is for {state['size']} records with seed {state['seed']}, "
+                f"but this run has {self.size} records with seed {self.seed}"
+            )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def think_token_mask(byte_table: Any, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[R, T] float mask of the completion tokens that overlap the first <think>...</think> block.
+
+    Works on the completion's bytes (special tokens contribute none). Tag matching is ASCII
+    case-insensitive; the reward's Unicode case folding (e.g. the Kelvin sign) is not reproduced,
+    which only matters for deliberately odd tags and only changes which tokens get the AU term.
+    """
+    out = np.zeros(tokens.shape, np.float32)
+    for row in range(tokens.shape[0]):
+        pieces = [byte_table.bytes_of(int(t)) if m else b"" for t, m in zip(tokens[row], mask[row])]
+        ends = np.cumsum([len(p) for p in pieces])
+        starts = ends - np.array([len(p) for p in pieces])
+        match = _THINK_SPAN.search(b"".join(pieces))
+        if match is None:
+            continue
+        span_start, span_end = match.span()
+        overlaps = (starts < span_end) & (ends > span_start) & (ends > starts)
+        out[row] = overlaps.astype(np.float32)
+    return out
+
+
+def training_batch(
+    prompts: dict,
+    prompt_pixel_values: Sequence[np.ndarray],
+    prompt_grids: Sequence[np.ndarray],
+    tokens: np.ndarray,
+    completion_mask: np.ndarray,
+    advantages: np.ndarray,
+    *,
+    num_generations: int,
+    num_micro_batches: int,
+    model_config: Any,
+    pad_id: int,
+    old_log_probs: np.ndarray | None = None,
+    ref_log_probs: np.ndarray | None = None,
+) -> dict:
+    """The micro-batched GRPO batch for R = P * G rows (see the module docstring).
+
+    prompts: `data.batching.collate_prompts` output for the P prompts (exactly P rows, no filler).
+    prompt_pixel_values / prompt_grids: each prompt's patches and grids (repeated for its G rows).
+    advantages: [R] (one scalar per completion) or [R, T] (per token, e.g. the think-only AU term).
+    """
+    num_rows, completion_length = tokens.shape
+    num_prompts = prompts["input_ids"].shape[0]
+    if num_rows != num_prompts * num_generations:
+        raise ValueError(f"{num_rows} completion rows for {num_prompts} prompts x {num_generations} samples")
+    if num_rows % num_micro_batches:
+        raise ValueError(f"{num_rows} completion rows do not split into {num_micro_batches} micro-batches")
+    per_micro = num_rows // num_micro_batches
+    prompt_of_row = np.arange(num_rows) // num_generations
+    keep = completion_mask > 0
+
+    completion_ids = np.where(keep, tokens, pad_id).astype(np.int32)
+    input_ids = np.concatenate([prompts["input_ids"][prompt_of_row], completion_ids], axis=1)
+    attention_mask = np.concatenate([prompts["attention_mask"][prompt_of_row].astype(bool), keep], axis=1)
+    prompt_positions = np.transpose(prompts["position_ids"], (1, 0, 2))[prompt_of_row]  # [R, 3, Lp]
+    first = (prompts["prompt_lengths"] + prompts["rope_deltas"])[prompt_of_row]
+    completion_positions = first[:, None] + np.arange(completion_length)[None, :]
+    completion_positions = np.repeat(completion_positions[:, None, :], 3, axis=1)
+    position_ids = np.concatenate([prompt_positions, completion_positions], axis=2).astype(np.int32)
+    targets = np.zeros_like(input_ids)
+    targets[:, :-1] = input_ids[:, 1:]
+
+    per_row = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "targets": targets,
+        "completion_mask": keep.astype(np.float32),
+        "advantages": np.asarray(advantages, np.float32),
+    }
+    if old_log_probs is not None:
+        per_row["old_log_probs"] = np.asarray(old_log_probs, np.float32)
+    if ref_log_probs is not None:
+        per_row["ref_log_probs"] = np.asarray(ref_log_probs, np.float32)
+    batch = {name: value.reshape(num_micro_batches, per_micro, *value.shape[1:]) for name, value in per_row.items()}
+
+    if len(prompt_pixel_values) and sum(int(p.shape[0]) for p in prompt_pixel_values):
+        merge_unit = model_config.vision_config.merge_unit
+        parts = []
+        for micro in range(num_micro_batches):
+            rows = prompt_of_row[micro * per_micro : (micro + 1) * per_micro]
+            pixels = [prompt_pixel_values[p] for p in rows]
+            grids = [prompt_grids[p] for p in rows]
+            parts.append((pixels, grids, sum(int(x.shape[0]) for x in pixels)))
+        pad_to = batching.patch_bucket(max(total for _, _, total in parts), merge_unit)
+        packed = [batching.pack_vision(pixels, grids, model_config, pad_to) for pixels, grids, _ in parts]
+        batch["vision"] = {name: np.stack([part[name] for part in packed]) for name in packed[0]}
+    return batch
