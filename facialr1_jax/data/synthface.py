@@ -210,7 +210,7 @@ def sample_identity(identity_seed: int) -> Identity:
         upper_lip=float(rng.uniform(0.032, 0.045)),
         lower_lip=float(rng.uniform(0.042, 0.058)),
         lip_colour=_colour(np.clip(lip, 0, 255)),
-        furrow_depth=float(rng.uniform(0.05, 0.22)),
+        furrow_depth=float(rng.uniform(0.04, 0.14)),
         glasses=bool(rng.random() < 0.25),
         background=_colour(np.clip(background, 0, 255)),
         clothes=_colour(rng.uniform(20, 220, 3)),
@@ -450,7 +450,7 @@ def _apply_lighting(pixels: np.ndarray, capture: Capture) -> np.ndarray:
 def _draw_face(painter: _Painter, identity: Identity, act: _Activation) -> None:
     skin = np.asarray(identity.skin)
     shade = skin * 0.78
-    jaw_drop = 0.10 * act.mean("AU26") + 0.17 * act.mean("AU27")
+    jaw_drop = 0.13 * act.mean("AU26") + 0.2 * act.mean("AU27")
 
     _draw_body(painter, identity, skin)
     if identity.hair_style == 1:  # long hair falls behind the head and shoulders
@@ -712,18 +712,18 @@ def _draw_mouth(painter: _Painter, identity: Identity, act: _Activation, skin: n
 
     corner_x = per_side(
         lambda s: identity.mouth_half_width + 0.06 * act.side("AU12", s) - 0.045 * act.side("AU14", s)
-        + 0.09 * act.side("AU20", s) - 0.075 * au22 - 0.02 * au23 - 0.012 * au24 - 0.04 * au27
+        + 0.09 * act.side("AU20", s) - 0.075 * au22 - 0.02 * au23 - 0.012 * au24 - 0.06 * au27
     )  # fmt: skip
     corner_y = per_side(
         lambda s: -0.11 * act.side("AU12", s) - 0.02 * act.side("AU14", s)
         + 0.1 * act.side("AU15", s) + 0.012 * act.side("AU20", s)
     )  # fmt: skip
-    thinning = 0.45 * mean("AU20") + 0.6 * au23 + 0.85 * au24 + 0.3 * au27
+    thinning = 0.45 * mean("AU20") + 0.6 * au23 + 0.95 * au24 + 0.3 * au27
     upper_thick = identity.upper_lip * max(0.12, 1.0 - thinning + 0.55 * au22)
     lower_thick = identity.lower_lip * max(0.12, 1.0 - thinning + 0.55 * au22 + 0.25 * mean("AU17"))
     open_upper = 0.028 * mean("AU25") + 0.018 * mean("AU26") + 0.035 * au27 + 0.012 * au22
     open_lower = (
-        0.045 * mean("AU25") + 0.065 * mean("AU26") + 0.11 * au27 + 0.06 * mean("AU16") + 0.016 * au22
+        0.045 * mean("AU25") + 0.085 * mean("AU26") + 0.14 * au27 + 0.06 * mean("AU16") + 0.016 * au22
     )
     open_lower += jaw_drop * 0.4  # the lower lip rides on the jaw
     upper_raise = 0.055 * mean("AU10")
@@ -760,7 +760,7 @@ def _draw_mouth(painter: _Painter, identity: Identity, act: _Activation, skin: n
                 np.concatenate([np.stack([xs, tooth_top], 1), np.stack([xs, tooth_top + upper_teeth[front]], 1)[::-1]]),
                 teeth_colour,
             )
-        lower_show = 0.5 * mean("AU16") + 0.4 * mean("AU26") + 0.4 * au27
+        lower_show = 0.6 * mean("AU16") + 0.5 * mean("AU26") + 0.4 * au27
         if lower_show > 0:
             narrow = np.abs(u) < 0.55
             xs = x[narrow]
