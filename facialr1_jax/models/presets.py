@@ -56,6 +56,7 @@ def _small() -> Qwen2_5_VLConfig:
 def _demo() -> Qwen2_5_VLConfig:
     # Imported here, not at module top: the tokenizer lives in data/ and presets of every other size
     # must stay importable without it.
+    from facialr1_jax.data import chat
     from facialr1_jax.data import tokenizer as bundled
 
     tok = bundled.load_tokenizer()
@@ -65,27 +66,26 @@ def _demo() -> Qwen2_5_VLConfig:
         text_config=TextConfig(
             vocab_size=vocab_size, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, rope_theta=10000.0, mrope_section=(8, 12, 12), max_position_embeddings=4096,
-            bos_token_id=_special(special, "bos_token_id", required=False),
-            eos_token_id=_special(special, "eos_token_id"),
-            pad_token_id=_special(special, "pad_token_id", required=False), max_window_layers=4),
+            # As in Qwen2.5-VL-Instruct: bos <|endoftext|>, eos <|im_end|> (end of the assistant turn).
+            bos_token_id=special.endoftext, eos_token_id=special.eos, pad_token_id=special.pad, max_window_layers=4),
         vision_config=VisionConfig(
             depth=2, hidden_size=128, intermediate_size=352, num_heads=2, out_hidden_size=256, window_size=112,
             fullatt_block_indexes=(1,)),
-        image_token_id=_special(special, "image_token_id"),
-        video_token_id=_special(special, "video_token_id", required=False, default=vocab_size - 1),
-        vision_start_token_id=_special(special, "vision_start_token_id"),
-        vision_end_token_id=_special(special, "vision_end_token_id"),
-        vision_token_id=_special(special, "vision_token_id", required=False),
+        image_token_id=special.image_pad,
+        # Videos are never fed to the demo model; without a <|video_pad|> token -1 matches no input id.
+        video_token_id=_optional_token_id(tok, chat.VIDEO_PAD, default=-1),
+        vision_start_token_id=special.vision_start,
+        vision_end_token_id=special.vision_end,
+        vision_token_id=_optional_token_id(tok, "<|vision_pad|>", default=None),
         tie_word_embeddings=True,
     )
 
 
-def _special(special: dict[str, int], name: str, required: bool = True, default: int | None = None) -> int | None:
-    if name in special and special[name] is not None:
-        return int(special[name])
-    if required:
-        raise ConfigError(f"the bundled tokenizer's special_token_ids() has no {name!r} (got {sorted(special)})")
-    return default
+def _optional_token_id(tokenizer, token: str, default: int | None) -> int | None:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or (token_id == tokenizer.unk_token_id and tokenizer.unk_token != token):
+        return default
+    return int(token_id)
 
 
 def _qwen2_5_vl_7b() -> Qwen2_5_VLConfig:

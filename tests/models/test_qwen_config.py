@@ -146,19 +146,48 @@ def test_preset_overrides():
         get_preset("huge")
 
 
-def test_demo_preset_takes_vocabulary_and_special_ids_from_the_bundled_tokenizer():
-    tokenizer_lib = pytest.importorskip("facialr1_jax.data.tokenizer")
-    tokenizer = tokenizer_lib.load_tokenizer()
-    special = tokenizer_lib.special_token_ids(tokenizer)
+def _check_demo_against(tokenizer):
+    from facialr1_jax.data.tokenizer import special_token_ids
+
+    special = special_token_ids(tokenizer)
     config = get_preset("demo")
     assert config.text_config.vocab_size == len(tokenizer)
-    assert config.image_token_id == special["image_token_id"]
-    assert config.vision_start_token_id == special["vision_start_token_id"]
-    assert config.vision_end_token_id == special["vision_end_token_id"]
-    assert config.text_config.eos_token_id == special["eos_token_id"]
+    assert config.image_token_id == special.image_pad
+    assert config.vision_start_token_id == special.vision_start
+    assert config.vision_end_token_id == special.vision_end
+    assert config.text_config.eos_token_id == special.eos
+    assert config.text_config.pad_token_id == special.pad
     text, vision = config.text_config, config.vision_config
     assert text.num_hidden_layers == 4 and text.hidden_size == 256
     assert vision.depth == 2 and vision.hidden_size == 128
+    return config
+
+
+def test_demo_preset_follows_whatever_tokenizer_is_bundled(monkeypatch):
+    # A stand-in tokenizer with a different vocabulary size and id layout: nothing may be hard-coded.
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from facialr1_jax.data import chat
+    from facialr1_jax.data import tokenizer as bundled
+
+    words = ["<unk>", "a", "b", "c"] + [f"w{i}" for i in range(300)]
+    specials = [chat.ENDOFTEXT, chat.IM_START, chat.IM_END, chat.VISION_START, chat.VISION_END, chat.IMAGE_PAD]
+    stand_in = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")),
+        unk_token="<unk>", pad_token=chat.ENDOFTEXT, additional_special_tokens=specials)
+    monkeypatch.setattr(bundled, "load_tokenizer", lambda path=None: stand_in)
+    config = _check_demo_against(stand_in)
+    assert config.text_config.vocab_size == len(words) + len(specials)
+    assert config.video_token_id == -1  # the stand-in has no <|video_pad|>
+
+
+def test_demo_preset_with_the_real_bundled_tokenizer():
+    from facialr1_jax.data import tokenizer as bundled
+
+    if not bundled.BUNDLED_TOKENIZER_DIR.is_dir():
+        pytest.skip(f"the bundled tokenizer files are not built yet ({bundled.BUNDLED_TOKENIZER_DIR})")
+    _check_demo_against(bundled.load_tokenizer())
 
 
 def test_tiny_preset_builds_and_runs_text():
