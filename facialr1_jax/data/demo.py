@@ -64,14 +64,14 @@ _JPEG_QUALITY = 92
 
 # Questions as they appear in source annotations: some empty (the prompt builder then uses its
 # default question), some with the `<image>` placeholder the prompt builder strips.
-_EMOTION_QUESTIONS = (
+EMOTION_QUESTIONS = (
     "",
     "",
     "<image>\nWhat emotion does this person show?",
     "Analyse the facial expression in the image and identify the emotion.",
     "<image>Which emotion is expressed by this face?",
 )
-_AU_QUESTIONS = (
+AU_QUESTIONS = (
     "",
     "Which facial action units are active in this face, and what do they suggest?",
     "<image>\nDescribe the facial action units you can see.",
@@ -160,7 +160,7 @@ def face_record(face: PlannedFace, *, with_description: bool, image_size: int) -
     aus = () if face.kind == "emotion_only" else expression.aus
     labels = () if face.kind == "au_only" else (expression.emotion,)
     question_rng = np.random.default_rng([face.identity_seed, face.pose_seed, 7])
-    questions = _AU_QUESTIONS if face.kind == "au_only" else _EMOTION_QUESTIONS
+    questions = AU_QUESTIONS if face.kind == "au_only" else EMOTION_QUESTIONS
     description = ""
     if with_description:
         description = reasoning.write_description(

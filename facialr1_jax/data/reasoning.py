@@ -135,6 +135,7 @@ _EMOTION_GLOSS: dict[str, tuple[str, ...]] = {
     "disgust": ("a recoil from something offensive", "the pulled-up look of revulsion"),
     "fear": ("a tense, alarmed look braced for danger", "the strained, wide-eyed look of alarm"),
     "happiness": ("the warm, lifted look of a genuine smile", "a relaxed and pleased smile"),
+    "neutral": ("a calm, composed look", "an even, resting look"),
     "sadness": ("a downcast, drooping look", "the heavy, drawn look of grief"),
     "surprise": ("a sudden, open look of astonishment", "the startled, wide-open look of a sudden event"),
 }  # fmt: skip
