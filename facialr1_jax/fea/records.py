@@ -66,6 +66,10 @@ class RecordError(ValueError):
         self.problem = problem
         super().__init__(str(problem))
 
+    def __reduce__(self):
+        # Keep `.problem` when the error crosses a process boundary (grain workers pickle errors).
+        return (type(self), (self.problem,))
+
 
 class ImagePathError(ValueError):
     """An image path that is absolute or leaves the image root."""

@@ -445,3 +445,15 @@ def test_invalid_rows_are_skipped_before_validation_even_in_raise_mode(tmp_path)
     bad = write_lines(tmp_path / "w.jsonl", [json.dumps(row(is_valid="no"))])
     with pytest.raises(RecordError, match="is_valid"):
         read_jsonl(bad)
+
+
+def test_record_error_survives_pickling_with_its_problem():
+    import pickle
+
+    from facialr1_jax.fea.records import RecordError, RecordProblem
+
+    error = RecordError(RecordProblem("data.jsonl", 17, "labels", "unknown emotion 'happyy'"))
+    clone = pickle.loads(pickle.dumps(error))
+    assert isinstance(clone, RecordError)
+    assert clone.problem == error.problem
+    assert str(clone) == str(error)
