@@ -33,8 +33,15 @@ def _tensors(directory) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
+    """A tiny checkpoint with a (word-level stand-in) tokenizer, as a real Hugging Face folder has."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
     directory = tmp_path_factory.mktemp("convert_src")
     save_pretrained(init_model(get_preset("tiny"), seed=21), directory)
+    vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", "hello", "face"])}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                            unk_token="<unk>", pad_token="<|endoftext|>").save_pretrained(directory)
     return directory
 
 
@@ -42,13 +49,10 @@ def test_hf_to_orbax_and_back(hf_dir, tmp_path):
     result = _run("--to=orbax", f"--src={hf_dir}", f"--dst={tmp_path / 'work'}")
     assert result.returncode == 0, result.stderr
     assert os.path.isdir(tmp_path / "work" / "checkpoints" / "0" / "params")
-    from facialr1_jax.data import tokenizer as bundled
-
-    if not bundled.BUNDLED_TOKENIZER_DIR.is_dir():  # loading an orbax checkpoint also loads its tokenizer
-        pytest.skip(f"the bundled tokenizer files are not built yet ({bundled.BUNDLED_TOKENIZER_DIR})")
     result = _run("--to=hf", f"--src={tmp_path / 'work'}", f"--dst={tmp_path / 'hf'}", "--max_shard_size=100KB")
     assert result.returncode == 0, result.stderr
     assert os.path.exists(tmp_path / "hf" / "model.safetensors.index.json")
+    assert os.path.exists(tmp_path / "hf" / "tokenizer.json")  # the checkpoint's tokenizer travels along
     source, exported = _tensors(hf_dir), _tensors(tmp_path / "hf")
     assert source.keys() == exported.keys()
     for name in source:
