@@ -1,0 +1,111 @@
+"""Batching: bucketed padding, shifted targets, micro-batch layout, vision packing, prompt batches."""
+
+import numpy as np
+import pytest
+
+from facialr1_jax.data import batching
+from facialr1_jax.data.examples import PromptExample, TrainExample
+from facialr1_jax.fea.records import FEARecord
+from facialr1_jax.models import get_preset, multimodal_position_ids, vision_plan
+
+CONFIG = get_preset("tiny")
+PAD = 0
+IMAGE = CONFIG.image_token_id
+
+
+def _example(name, text_before, image_grid, text_after, reply, seed=0):
+    """A TrainExample whose prompt is [text_before, image placeholders, text_after] and target `reply`."""
+    rs = np.random.RandomState(seed)
+    grid = np.array([image_grid], np.int64)
+    tokens = int(np.prod(image_grid)) // 4
+    prompt = list(text_before) + [IMAGE] * tokens + list(text_after)
+    ids = np.array(prompt + list(reply), np.int32)
+    label = np.zeros(len(ids), np.float32)
+    label[len(prompt):] = 1.0
+    patches = rs.randn(int(np.prod(image_grid)), CONFIG.vision_config.patch_dim).astype(np.float32)
+    return TrainExample(id=name, input_ids=ids, label_mask=label, pixel_values=patches, image_grid_thw=grid,
+                        prompt_length=len(prompt), truncated=False)
+
+
+def test_length_and_patch_buckets():
+    assert [batching.length_bucket(n, 416) for n in (1, 32, 33, 100, 256, 257, 416)] == [32, 32, 64, 128, 256, 416, 416]
+    with pytest.raises(ValueError, match="exceeds the maximum sequence length 416"):
+        batching.length_bucket(417, 416)
+    assert batching.patch_bucket(64, 4) == 64
+    assert batching.patch_bucket(65, 4) == 128
+    assert batching.patch_bucket(2, 4) == 4
+
+
+def test_collator_layout_targets_and_masks():
+    examples = [
+        _example("a", [3, 4], (1, 4, 4), [5], [20, 21, 22], seed=1),
+        _example("b", [3], (1, 4, 6), [5, 6, 7], [30], seed=2),
+        _example("c", [3, 4, 4], (1, 2, 2), [5], [40, 41], seed=3),
+        _example("d", [3], (1, 4, 4), [], [50, 51, 52, 53], seed=4),
+    ]
+    collate = batching.SFTCollator(model_config=CONFIG, num_micro_batches=2, max_length=100, pad_id=PAD)
+    batch, info = batching.split_info(collate(examples))
+    assert info["ids"] == [["a", "b"], ["c", "d"]]
+    assert info["tokens"] == sum(len(e.input_ids) for e in examples)
+    assert info["target_tokens"] == 3 + 1 + 2 + 4
+    assert batch["input_ids"].shape == (2, 2, 32)
+    assert batch["position_ids"].shape == (2, 2, 3, 32)
+
+    for micro in range(2):
+        for row in range(2):
+            example = examples[2 * micro + row]
+            n = len(example.input_ids)
+            ids = batch["input_ids"][micro, row]
+            np.testing.assert_array_equal(ids[:n], example.input_ids)
+            assert (ids[n:] == PAD).all()
+            assert batch["attention_mask"][micro, row].sum() == n
+            # Position t predicts token t + 1; exactly the reply tokens are targets.
+            trained = np.flatnonzero(batch["loss_mask"][micro, row])
+            np.testing.assert_array_equal(batch["targets"][micro, row][trained], example.input_ids[example.prompt_length:])
+            assert trained[0] == example.prompt_length - 1
+
+    # Position ids and the vision plan equal what the model helpers compute for the micro-batch alone.
+    second = examples[2:]
+    grids = np.concatenate([e.image_grid_thw for e in second])
+    expected_positions, _ = multimodal_position_ids(
+        batch["input_ids"][1], grids, batch["attention_mask"][1], CONFIG)
+    np.testing.assert_array_equal(batch["position_ids"][1], expected_positions.transpose(1, 0, 2))
+    real = sum(e.num_patches for e in second)  # 4 + 16 = 20 patches; the micro-batch maximum (16 + 24 = 40) sets the bucket
+    assert batch["vision"]["pixel_values"].shape == (2, 64, CONFIG.vision_config.patch_dim)
+    np.testing.assert_array_equal(batch["vision"]["pixel_values"][1, :real],
+                                  np.concatenate([e.pixel_values for e in second]))
+    assert (batch["vision"]["pixel_values"][1, real:] == 0).all()
+    plan = vision_plan(grids, CONFIG.vision_config, pad_to=64)
+    np.testing.assert_array_equal(batch["vision"]["patch_order"][1], plan.patch_order)
+    np.testing.assert_array_equal(batch["vision"]["merged_restore"][1], plan.merged_restore)
+
+
+def test_collator_rejects_uneven_micro_batches():
+    examples = [_example(str(i), [3], (1, 2, 2), [5], [6]) for i in range(3)]
+    collate = batching.SFTCollator(model_config=CONFIG, num_micro_batches=2, max_length=64, pad_id=PAD)
+    with pytest.raises(ValueError, match="does not split into 2 micro-batches"):
+        collate(examples)
+
+
+def _prompt(name, before, grid, after):
+    tokens = int(np.prod(grid)) // 4
+    ids = np.array(list(before) + [IMAGE] * tokens + list(after), np.int32)
+    record = FEARecord(id=name, dataset="synthface", images=(f"{name}.png",))
+    patches = np.ones((int(np.prod(grid)), CONFIG.vision_config.patch_dim), np.float32)
+    return PromptExample(id=name, input_ids=ids, pixel_values=patches, image_grid_thw=np.array([grid]),
+                         record=record, instruction="q")
+
+
+def test_prompt_batches_are_left_padded_with_rope_deltas():
+    prompts = [_prompt("a", [3, 4], (1, 4, 4), [5, 6]), _prompt("b", [3], (1, 2, 2), [5])]
+    batch = batching.collate_prompts(prompts, CONFIG, pad_id=PAD, max_length=64, batch_size=4)
+    assert batch["num_real"] == 2 and batch["ids"] == ["a", "b", "b", "b"]
+    assert batch["input_ids"].shape == (4, 32)
+    lengths = [len(p.input_ids) for p in prompts]
+    np.testing.assert_array_equal(batch["prompt_lengths"], [lengths[0], lengths[1], lengths[1], lengths[1]])
+    np.testing.assert_array_equal(batch["input_ids"][0, -lengths[0]:], prompts[0].input_ids)
+    assert not batch["attention_mask"][0, : 32 - lengths[0]].any()
+    # The next token after row 0 sits at len + delta = max position + 1 in every stream.
+    row0 = batch["position_ids"][:, 0][:, batch["attention_mask"][0]]
+    assert lengths[0] + batch["rope_deltas"][0] == row0.max() + 1
+    assert batch["vision"]["pixel_values"].shape[0] == batching.patch_bucket(16 + 3 * 4, 4)
