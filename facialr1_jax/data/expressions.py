@@ -165,11 +165,11 @@ def sample_expression_for(
         raise ValueError(f"unknown emotion {emotion!r}; expected one of {EMOTIONS}")
     rows = PROTOTYPES[emotion]
     kind = "prototype"
-    variants = _variants_of(emotion)
+    variants = variant_rows(emotion)
     if variants and rng.random() < config.variant_probability:
         rows, kind = variants, "variant"
     row = rows[rng.integers(len(rows))]
-    intensities = _realise_row(row, rng)
+    intensities = realise_row(row, rng)
     tags = [f"{kind}:{row}" if row else kind]
 
     if len(intensities) > 1 and rng.random() < config.partial_probability:
@@ -264,7 +264,7 @@ def parse_row(row: str) -> list[tuple[tuple[str, ...], bool, str | None]]:
     return terms
 
 
-def _realise_row(row: str, rng: np.random.Generator) -> dict[str, float]:
+def realise_row(row: str, rng: np.random.Generator) -> dict[str, float]:
     side = "R" if rng.random() < 0.5 else "L"
     intensities: dict[str, float] = {}
     for options, required, letter in parse_row(row):
@@ -289,7 +289,7 @@ def _anger_variants() -> tuple[str, ...]:
     return tuple(dict.fromkeys(rows))
 
 
-def _variants_of(emotion: str) -> tuple[str, ...]:
+def variant_rows(emotion: str) -> tuple[str, ...]:
     return _anger_variants() if emotion == "anger" else VARIANTS[emotion]
 
 

@@ -718,9 +718,12 @@ def _draw_mouth(painter: _Painter, identity: Identity, act: _Activation, skin: n
         lambda s: -0.11 * act.side("AU12", s) - 0.02 * act.side("AU14", s)
         + 0.1 * act.side("AU15", s) + 0.012 * act.side("AU20", s)
     )  # fmt: skip
-    thinning = 0.45 * mean("AU20") + 0.6 * au23 + 0.95 * au24 + 0.3 * au27
-    upper_thick = identity.upper_lip * max(0.12, 1.0 - thinning + 0.55 * au22)
-    lower_thick = identity.lower_lip * max(0.12, 1.0 - thinning + 0.55 * au22 + 0.25 * mean("AU17"))
+    # Stretching (AU20) thins the lips on its own side only; the other AUs act on the whole mouth.
+    image_right_weight = np.clip(u + 0.5, 0.0, 1.0)  # blends the two sides smoothly across the middle
+    stretch = act.side("AU20", -1) * (1 - image_right_weight) + act.side("AU20", 1) * image_right_weight
+    thinning = 0.45 * stretch + 0.6 * au23 + 0.95 * au24 + 0.3 * au27
+    upper_thick = identity.upper_lip * np.maximum(0.12, 1.0 - thinning + 0.55 * au22)
+    lower_thick = identity.lower_lip * np.maximum(0.12, 1.0 - thinning + 0.55 * au22 + 0.25 * mean("AU17"))
     open_upper = 0.028 * mean("AU25") + 0.018 * mean("AU26") + 0.035 * au27 + 0.012 * au22
     open_lower = (
         0.045 * mean("AU25") + 0.085 * mean("AU26") + 0.14 * au27 + 0.06 * mean("AU16") + 0.016 * au22
