@@ -74,19 +74,108 @@ def filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
         raise ValueError("filter_logits is for sampling; greedy decoding takes the argmax of the raw logits")
     scaled = logits.astype(jnp.float32) / config.temperature
     vocab = scaled.shape[-1]
-    use_top_k = 0 < config.top_k < vocab
-    if not use_top_k and config.top_p >= 1.0:
-        return scaled
-    # Both filters only need the largest logits in descending order: top-k's k of them, top-p all of
-    # them (or the k that top-k left).
-    ranked, _ = jax.lax.top_k(scaled, config.top_k if use_top_k else vocab)
-    threshold = ranked[..., -1:]
-    if config.top_p < 1.0:
-        probs = jax.nn.softmax(ranked, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        kept = jnp.sum(mass_before < config.top_p, axis=-1, keepdims=True)  # >= 1: the first is always kept
-        threshold = jnp.take_along_axis(ranked, kept - 1, axis=-1)
-    return jnp.where(scaled < threshold, -jnp.inf, scaled)
+    if 0 < config.top_k < vocab:
+        # The barrier keeps XLA from rewriting a top-k whose values are only sliced into a full sort
+        # of the vocabulary (hundreds of milliseconds per step on CPU).
+        ranked = jax.lax.optimization_barrier(jax.lax.top_k(scaled, config.top_k)[0])  # descending
+        scaled = jnp.where(scaled < ranked[..., -1:], -jnp.inf, scaled)
+        if config.top_p < 1.0:
+            # The nucleus lies inside the k survivors, which are already sorted.
+            probs = jnp.exp(ranked - jax.nn.logsumexp(scaled, axis=-1, keepdims=True))
+            mass_before = jnp.cumsum(probs, axis=-1) - probs
+            kept = jnp.sum(mass_before < config.top_p, axis=-1, keepdims=True)  # >= 1: the first always stays
+            scaled = jnp.where(scaled < jnp.take_along_axis(ranked, kept - 1, axis=-1), -jnp.inf, scaled)
+    elif config.top_p < 1.0:
+        probs = jax.nn.softmax(scaled, axis=-1)
+        scaled = jnp.where(probs < nucleus_threshold(probs, config.top_p), -jnp.inf, scaled)
+    return scaled
+
+
+def nucleus_threshold(probs: jax.Array, top_p: float) -> jax.Array:
+    """(R, 1): the smallest probability the top-p nucleus keeps, found without sorting the vocabulary.
+
+    Sorted descending, token i is kept when the mass of the tokens before it is < top_p. With
+    A(v) = the mass of tokens whose probability is > v, the kept tokens are exactly those with
+    probability >= tau, tau = the smallest v with A(v) < top_p (A only changes at probability values, so
+    tau is one of them). A is monotone, and so is the order of non-negative float32 bit patterns, so a
+    bisection over the 31 bits finds tau exactly in 31 masked sums -- a full vocabulary sort costs
+    hundreds of milliseconds per step on CPU.
+    """
+    probs = probs.astype(jnp.float32)
+
+    def mass_above(bits):
+        level = jax.lax.bitcast_convert_type(bits, jnp.float32)[:, None]
+        return jnp.sum(jnp.where(probs > level, probs, 0.0), axis=-1)
+
+    def bisect(_, bounds):
+        low, high = bounds  # invariant: mass_above(low) >= top_p > mass_above(high)
+        middle = low + (high - low) // 2
+        inside = mass_above(middle) < top_p
+        return jnp.where(inside, low, middle), jnp.where(inside, middle, high)
+
+    rows = probs.shape[0]
+    low = jnp.zeros((rows,), jnp.int32)
+    high = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1), jnp.int32)  # mass above the max is 0
+    _, high = jax.lax.fori_loop(0, 31, bisect, (low, high))
+    return jax.lax.bitcast_convert_type(high, jnp.float32)[:, None]
+
+
+def _block_size(vocab: int) -> int:
+    """Blocks of about sqrt(vocab) entries (a power of two) for the two-level searches below."""
+    return 1 << max(0, (max(vocab, 1).bit_length() + 1) // 2)
+
+
+def _first_max_index(values: jax.Array) -> jax.Array:
+    """argmax over the last axis (first index of the maximum) as max + min, which XLA vectorises
+    (its variadic argmax reduction is an order of magnitude slower on CPU)."""
+    top = jnp.max(values, axis=-1, keepdims=True)
+    index = jnp.arange(values.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(values == top, index, values.shape[-1]), axis=-1)
+
+
+def _blocked(values: jax.Array, fill: float) -> tuple[jax.Array, int]:
+    rows, vocab = values.shape
+    block = _block_size(vocab)
+    padded = -(-vocab // block) * block
+    values = jnp.pad(values, ((0, 0), (0, padded - vocab)), constant_values=fill)
+    return values.reshape(rows, padded // block, block), block
+
+
+def _gather_block(blocks: jax.Array, index: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(blocks, index[:, None, None], axis=1)[:, 0]
+
+
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """(R,) int32 argmax of each row (the first maximal index, as jnp.argmax), in two levels: the first
+    block holding the row maximum, then the first maximum inside it."""
+    blocks, block = _blocked(logits, -jnp.inf)
+    first_block = _first_max_index(jnp.max(blocks, axis=-1))
+    return (first_block * block + _first_max_index(_gather_block(blocks, first_block))).astype(jnp.int32)
+
+
+def sample_tokens(logits: jax.Array, row_keys: jax.Array) -> jax.Array:
+    """(R,) int32 draws from softmax(logits) rows (-inf = never), one uniform number per row.
+
+    Inverse-CDF sampling in two levels (block masses, then the chosen block), so the vocabulary is read
+    a few times per step instead of drawing a Gumbel variate per token (one random number per row
+    instead of per vocabulary entry: ~20x cheaper on CPU, same distribution).
+    """
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    blocks, block = _blocked(weights, 0.0)
+    uniform = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(row_keys)
+    block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # (R, num_blocks)
+    target = uniform * block_cdf[:, -1]
+    # The chosen token is the first whose cumulative weight exceeds target (zero-weight tokens never are).
+    chosen_block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), block_cdf.shape[1] - 1)
+    before = jnp.take_along_axis(block_cdf, chosen_block[:, None], axis=1)[:, 0] - jnp.sum(
+        _gather_block(blocks, chosen_block), axis=-1)
+    inner_cdf = before[:, None] + jnp.cumsum(_gather_block(blocks, chosen_block), axis=-1)
+    inner = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), block - 1)
+    tokens = (chosen_block * block + inner).astype(jnp.int32)
+    # Rounding can push target to the very end of the cumulative sum; never return a zero-weight token.
+    weight = jnp.take_along_axis(jnp.pad(weights, ((0, 0), (0, blocks.size // blocks.shape[0] - weights.shape[1]))),
+                                 tokens[:, None], axis=1)[:, 0]
+    return jnp.where(weight > 0, tokens, greedy_tokens(logits))
 
 
 def _picked(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -114,11 +203,11 @@ def choose_tokens(logits: jax.Array, row_keys: jax.Array, config: SamplingConfig
     policy = jax.nn.log_softmax(logits.astype(jnp.float32) / scale, axis=-1)
     allowed = suppress_tokens(logits, suppressed)
     if config.greedy:
-        tokens = jnp.argmax(allowed, axis=-1).astype(jnp.int32)
+        tokens = greedy_tokens(allowed)
         chosen = _picked(policy, tokens)
         return tokens, chosen, chosen
     filtered = filter_logits(allowed, config)
-    tokens = jax.vmap(jax.random.categorical)(row_keys, filtered).astype(jnp.int32)
+    tokens = sample_tokens(filtered, row_keys)
     sampled = _picked(jax.nn.log_softmax(filtered, axis=-1), tokens)
     return tokens, sampled, _picked(policy, tokens)
 
