@@ -114,6 +114,12 @@ def make_iterator(
         grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch_batches))
     )
     if num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            # grain reads its absl flags when it starts workers; outside an absl app (tests, notebooks)
+            # nobody parsed them, so take their defaults.
+            flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_batches))
         )

@@ -99,7 +99,7 @@ class GreedyEvaluator:
             batch = batching.collate_prompts(chunk, self.model_config, pad_id=pad,
                                              max_length=self.encoding.max_prompt_tokens,
                                              batch_size=self.batch_size)
-            result = self.generate(model, batch, max_new_tokens=self.max_new_tokens, temperature=0.0)
+            result = self.generate(model, batch, max_new_tokens=self.max_new_tokens, greedy=True)
             tokens = np.asarray(jax.device_get(result.tokens))
             lengths = np.asarray(jax.device_get(result.lengths))
             for row in range(len(chunk)):

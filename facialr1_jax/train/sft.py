@@ -32,7 +32,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from facialr1_jax import models
@@ -134,9 +133,23 @@ def held_out_batches(split: datasets.LoadedSplit, tokenizer, encoding: EncodingC
     return batches
 
 
+class _DropLibraryChatter(logging.Filter):
+    """Drops orbax's per-save INFO lines (a dozen per checkpoint); its warnings and errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DropLibraryChatter) for f in handler.filters):
+            handler.addFilter(_DropLibraryChatter())
+
+
 def run_sft(config: Any, workdir: str) -> dict:
     """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict."""
     start_time = time.time()
+    quiet_library_logs()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0

@@ -109,3 +109,89 @@ def test_prompt_batches_are_left_padded_with_rope_deltas():
     row0 = batch["position_ids"][:, 0][:, batch["attention_mask"][0]]
     assert lengths[0] + batch["rope_deltas"][0] == row0.max() + 1
     assert batch["vision"]["pixel_values"].shape[0] == batching.patch_bucket(16 + 3 * 4, 4)
+
+
+# ------------------------------------------------------------------------------- grain pipeline
+def _write_fea_set(folder, count):
+    """`count` FEA records with descriptions and small PNG faces; returns (jsonl path, image root)."""
+    import io
+
+    from PIL import Image
+
+    from facialr1_jax.fea.records import write_jsonl
+
+    images = folder / "images"
+    images.mkdir(parents=True)
+    records = []
+    for index in range(count):
+        pixels = np.random.default_rng(index).integers(0, 256, (56, 84, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        (images / f"{index}.png").write_bytes(buffer.getvalue())
+        records.append(FEARecord(
+            id=f"rec-{index:02d}", dataset="synthface", images=(f"{index}.png",), question="",
+            aus=("AU6", "AU12"), labels=("happiness",),
+            description="<think>cheeks raised (AU6), lip corners pulled (AU12)" + " and more" * (index % 4)
+            + ".</think>\n<answer>happiness</answer>"))
+    write_jsonl(records, folder / "train.jsonl")
+    return str(folder / "train.jsonl"), str(images)
+
+
+def _pipeline(tmp_path, count=10, batch_size=4, num_micro=2, seed=0):
+    from facialr1_jax.data import images as image_lib
+    from facialr1_jax.data import pipeline, sources, tokenizer as tokenizer_lib
+    from facialr1_jax.data.examples import EncodingConfig
+
+    jsonl, root = _write_fea_set(tmp_path, count)
+    source = sources.FEAJsonlSource(jsonl, root, decode="bytes")
+    encoding = EncodingConfig(image=image_lib.ImageConfig(min_pixels=56 * 56, max_pixels=56 * 84),
+                              max_prompt_tokens=256, max_target_tokens=64)
+    dataset = pipeline.sft_dataset(source, tokenizer_lib.load_tokenizer(), encoding, get_preset("demo"),
+                                   seed=seed, batch_size=batch_size, num_micro_batches=num_micro)
+    return dataset
+
+
+def _ids(batch):
+    return [i for group in batch["info"]["ids"] for i in group]
+
+
+def test_epochs_are_permutations_and_differ(tmp_path):
+    dataset = _pipeline(tmp_path, count=8, batch_size=4)
+    order = [i for step in range(4) for i in _ids(dataset[step])]
+    first, second = order[:8], order[8:]
+    assert sorted(first) == sorted(second) == [f"rec-{i:02d}" for i in range(8)]
+    assert first != second  # a fresh shuffle each epoch
+    assert first != sorted(first)
+
+
+def test_iterator_state_resumes_exactly(tmp_path):
+    from facialr1_jax.data import pipeline
+
+    dataset = _pipeline(tmp_path, count=10, batch_size=4)
+    iterator = pipeline.make_iterator(dataset, num_threads=2)
+    for _ in range(3):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(3)]
+
+    resumed = pipeline.make_iterator(dataset, num_threads=2)
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        assert _ids(got) == _ids(want)
+        np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+        np.testing.assert_array_equal(got["loss_mask"], want["loss_mask"])
+        np.testing.assert_array_equal(got["vision"]["pixel_values"], want["vision"]["pixel_values"])
+
+
+def test_worker_processes_give_the_same_batches_and_resume(tmp_path):
+    from facialr1_jax.data import pipeline
+
+    dataset = _pipeline(tmp_path, count=6, batch_size=2, num_micro=1)
+    in_process = [_ids(dataset[step]) for step in range(5)]
+    iterator = pipeline.make_iterator(dataset, num_workers=1)
+    assert [_ids(next(iterator)) for _ in range(2)] == in_process[:2]
+    state = iterator.get_state()
+    resumed = pipeline.make_iterator(dataset, num_workers=1)
+    resumed.set_state(state)
+    assert [_ids(next(resumed)) for _ in range(3)] == in_process[2:5]

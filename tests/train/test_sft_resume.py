@@ -7,6 +7,9 @@ A small model (the demo preset cut to one decoder layer and one vision block thr
      (it finishes the step in flight, checkpoints and exits 0), then relaunched into the same workdir.
 The per-step losses of A and B are equal bit for bit on CPU, and the record ids of every step's
 batch (batches.jsonl) are identical: nothing seen twice, nothing skipped.
+
+Three launcher runs (imports, compilation, data) take about 75 s of CPU, hence `slow`; the same
+guarantee is checked in-process in seconds by tests/train/test_sft_loop_resume.py.
 """
 
 import json
@@ -15,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from facialr1_jax.train.metrics import read_jsonl_rows
 
@@ -78,6 +83,7 @@ def _batches(workdir):
     return [(row["step"], row["ids"]) for row in read_jsonl_rows(os.path.join(workdir, "batches.jsonl"))]
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     cache = str(tmp_path / "cache")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
