@@ -60,6 +60,17 @@ def initialize_distributed() -> None:
     distributed.initialize_if_multihost()
 
 
+def quiet_library_logs() -> None:
+    """Keeps our own INFO lines and drops the libraries' (orbax logs several lines per checkpoint
+    write at INFO through absl). `--verbosity=1` or `--v=1` still shows everything."""
+    from absl import logging as absl_logging
+
+    chosen = any(name in flags.FLAGS and flags.FLAGS[name].present for name in ("verbosity", "v"))
+    if not chosen:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("facialr1_jax").setLevel(logging.INFO)
+
+
 def run(config, workdir: str) -> dict:
     """Starts JAX (multi-host if configured), then runs the stage the config names."""
     from facialr1_jax import stages
@@ -71,7 +82,8 @@ def run(config, workdir: str) -> dict:
     initialize_distributed()
     import jax
 
+    quiet_library_logs()
     if jax.process_index() != 0:
-        logging.getLogger().setLevel(logging.WARNING)  # Only process 0 narrates the run.
+        logging.getLogger("facialr1_jax").setLevel(logging.WARNING)  # Only process 0 narrates the run.
     os.makedirs(workdir, exist_ok=True)
     return stage_fn(config, workdir)

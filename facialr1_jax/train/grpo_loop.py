@@ -150,8 +150,11 @@ class RolloutStats:
     def pop_means(self) -> dict:
         if not self.rows:
             return {}
-        keys = self.rows[-1].keys()
-        means = {key: float(np.nanmean([row[key] for row in self.rows])) for key in keys}
+        means = {}
+        for key in self.rows[-1]:
+            values = np.array([row[key] for row in self.rows], np.float64)
+            # A statistic with no rows to average (e.g. AU F1 over a batch without AU labels) stays NaN.
+            means[key] = float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
         self.rows = []
         return means
 
@@ -315,8 +318,8 @@ def run_grpo(config: Any, workdir: str) -> dict:
                               "reward": {k: float(rewards[k][row]) for k in ("format", "accuracy", "au", "total")}})
             samples_log.write({"step": rollout_index * mu + 1, "samples": shown})
             if shown:
-                _log.info("sample (%s, label %s, AUs %s, reward %.2f): %s", shown[0]["id"], shown[0]["label"],
-                          "+".join(shown[0]["aus"]) or "-", shown[0]["reward"]["total"], shown[0]["completion"])
+                _log.info("sample (%s, label %s, AUs %s, reward %.2f): %r", shown[0]["id"], shown[0]["label"],
+                          "+".join(shown[0]["aus"]) or "-", shown[0]["reward"]["total"], shown[0]["completion"][:300])
         info = {"tokens": int(mask.sum()), "ids": [r.id for r in records]}
         return device_batch, info
 
