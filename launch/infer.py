@@ -19,6 +19,7 @@ if _REPO_ROOT not in sys.path:
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from facialr1_jax import launch_support  # noqa: E402
 
@@ -34,6 +35,8 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtyp
 
 
 def main(argv):
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # stdout is the JSON; keep stderr for problems
     if len(argv) > 1:
         launch_support.fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
     if not _CHECKPOINT.value:

@@ -150,3 +150,59 @@ def test_importing_the_package_and_api_name_does_not_load_jax():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# -------------------------------------------------------------------------------- with a model
+def _write_demo_checkpoint(workdir):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval", "demo_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("facialr1_eval_demo_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_demo_checkpoint(str(workdir))
+
+
+def _image_kinds(tmp_path):
+    """One face-sized picture in every kind the API promises to read (files, PIL images, arrays)."""
+    rgb = Image.fromarray(_gradient(96, 80), "RGB")
+    rgb.save(tmp_path / "face.jpg", quality=90)
+    rgb.convert("RGBA").save(tmp_path / "face_rgba.png")
+    Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257)).save(tmp_path / "face16.png")
+    return {
+        "jpeg file": tmp_path / "face.jpg",
+        "rgba file": str(tmp_path / "face_rgba.png"),
+        "16-bit file": tmp_path / "face16.png",
+        "grayscale image": rgb.convert("L"),
+        "palette image": rgb.convert("P"),
+        "uint8 array": np.asarray(rgb),
+        "float array": np.asarray(rgb).astype(np.float32) / 255.0,
+        "tiny image": Image.new("RGB", (2, 3), (200, 150, 120)),
+        "huge image": Image.new("RGB", (4000, 3000), (200, 150, 120)),
+    }
+
+
+def test_facialr1_loads_a_workdir_and_analyses_every_image_kind(tmp_path):
+    from facialr1_jax import FacialR1
+
+    workdir = _write_demo_checkpoint(tmp_path / "run")
+    analyser = FacialR1.load(workdir, max_new_tokens=8)
+    assert analyser.info["kind"] == "orbax" and analyser.info["step"] == 5
+    # The prompt encoding recorded by the run (the demo's compact prompt, 112 x 112 faces) is reused.
+    assert analyser.encoding.prompt_variant == "compact"
+    assert analyser.encoding.image.max_pixels == 112 * 112
+    kinds = _image_kinds(tmp_path)
+    results = analyser.analyze_batch(list(kinds.values()), batch_size=len(kinds))
+    assert len(results) == len(kinds)
+    for name, result in zip(kinds, results):
+        assert set(result) == {"emotion", "answer", "aus", "au_names", "reasoning", "format_valid", "raw"}, name
+        assert result == api.read_answer(result["raw"]), name
+    # One image at a time; greedy decoding is deterministic.
+    first = analyser.analyze(kinds["uint8 array"])
+    assert first == api.read_answer(first["raw"])
+    assert analyser.analyze(kinds["uint8 array"]) == first
+    with pytest.raises(ImageLoadError, match="not an image"):
+        bad = tmp_path / "x.txt"
+        bad.write_text("text")
+        analyser.analyze(bad)
