@@ -18,7 +18,7 @@ from jax._src import dispatch
 
 from facialr1_jax.models import init_model, vision_plan
 from facialr1_jax.parallel import SAMPLING_RULES, make_mesh
-from facialr1_jax.sampling import Engine, filter_logits, generate
+from facialr1_jax.sampling import Engine, PromptBatch, filter_logits, generate
 from facialr1_jax.sampling.samplers import SamplingConfig
 from tests.sampling.prompts import full_sequence, image_prompts, prompt_batch
 
@@ -81,22 +81,6 @@ def test_sampler_log_probs_equal_the_training_forward(tiny_model, tiny_config, p
     assert not np.isin(tokens, [tiny_config.image_token_id, tiny_config.video_token_id]).any()
 
 
-def test_filtered_sampling_log_probs_equal_the_training_forward(tiny_model, tiny_config, prompts):
-    config = SamplingConfig(temperature=0.7, top_k=20, top_p=0.9)
-    out = generate(tiny_model, prompt_batch(tiny_config, prompts), max_new_tokens=STEPS, num_samples=2,
-                   temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, rng=jax.random.key(1),
-                   stop_token_ids=())
-    tokens = np.asarray(out.tokens)
-    logits = jax.jit(tiny_model.logits)(_training_hidden(tiny_model, tiny_config, prompts, tokens, num_samples=2))
-    pick = lambda logp: np.take_along_axis(np.asarray(logp), tokens[..., None], axis=-1)[..., 0]
-    np.testing.assert_allclose(out.policy_log_probs, pick(jax.nn.log_softmax(logits / config.temperature)), **TOL)
-    banned = np.isin(np.arange(logits.shape[-1]), [tiny_config.image_token_id, tiny_config.video_token_id])
-    allowed = jnp.where(banned, -jnp.inf, logits).reshape(-1, logits.shape[-1])
-    filtered = jax.jit(filter_logits, static_argnums=1)(allowed, config)
-    np.testing.assert_allclose(out.log_probs, pick(jax.nn.log_softmax(filtered).reshape(logits.shape)), **TOL)
-    assert np.all(np.asarray(out.log_probs) >= np.asarray(out.policy_log_probs) - 1e-5)  # mass was removed
-
-
 def test_fan_out_equals_repeating_the_prompts(tiny_model, tiny_config, prompts, fanned_out_run):
     repeated = [prompt for prompt in prompts[:2] for _ in range(4)]
     out = jax.device_get(generate(tiny_model, prompt_batch(tiny_config, repeated), max_new_tokens=STEPS,
@@ -134,10 +118,27 @@ def test_loop_exits_early_when_every_row_stopped(tiny_model, tiny_config, prompt
     assert np.all(np.asarray(out.lengths) <= 2)
 
 
+def _check_filtered_log_probs(model, config, prompts, out, sampling: SamplingConfig, num_samples: int):
+    """policy_log_probs == log_softmax(logits / T) and log_probs == the filtered distribution, both
+    recomputed from one uncached forward over prompt + completion."""
+    tokens = np.asarray(out.tokens)
+    logits = jax.jit(model.logits)(_training_hidden(model, config, prompts, tokens, num_samples=num_samples))
+    pick = lambda logp: np.take_along_axis(np.asarray(logp), tokens[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(out.policy_log_probs, pick(jax.nn.log_softmax(logits / sampling.temperature)), **TOL)
+    banned = np.isin(np.arange(logits.shape[-1]), [config.image_token_id, config.video_token_id])
+    allowed = jnp.where(banned, -jnp.inf, logits).reshape(-1, logits.shape[-1])
+    filtered = jax.jit(filter_logits, static_argnums=1)(allowed, sampling)
+    np.testing.assert_allclose(out.log_probs, pick(jax.nn.log_softmax(filtered).reshape(logits.shape)), **TOL)
+    assert np.all(np.asarray(out.log_probs) >= np.asarray(out.policy_log_probs) - 1e-5)  # mass was removed
+
+
 def test_no_recompilation_inside_one_bucket(tiny_model, tiny_config):
-    # A bfloat16 KV cache here also exercises the cache-dtype knob.
-    engine = Engine.for_model(tiny_model, cache_dtype=jnp.bfloat16)
+    """10 calls, prompt lengths and image sizes varying inside their buckets, 3 prompts padded to 4
+    rows: one prefill and one decode program, and no XLA compilation at all after the first call. The
+    calls sample with temperature, top-k and top-p; the last one's log-probs are checked too."""
+    engine = Engine.for_model(tiny_model)
     params = nnx.state(tiny_model)
+    sampling = SamplingConfig(temperature=0.7, top_k=20, top_p=0.9)
     compiles = []
 
     def listener(event, duration, **kwargs):
@@ -153,15 +154,32 @@ def test_no_recompilation_inside_one_bucket(tiny_model, tiny_config):
             prompts = image_prompts(tiny_config, grids, seed=call, text_lengths=(1 + call, 2, 3 + call % 5))
             batch = prompt_batch(tiny_config, prompts)
             assert batch.prompt_length == 32 and batch.pixel_values.shape[0] == 128
-            out = engine.generate(params, batch, max_new_tokens=4, num_samples=2, temperature=1.0,
-                                  rng=jax.random.key(call))
-            assert np.all(np.isfinite(np.asarray(out.log_probs)))
+            out = engine.generate(params, batch, max_new_tokens=STEPS, num_samples=2, temperature=sampling.temperature,
+                                  top_k=sampling.top_k, top_p=sampling.top_p, rng=jax.random.key(call),
+                                  stop_token_ids=())
+            np.asarray(out.tokens)
             counts.append(len(compiles))
     finally:
         monitoring.unregister_event_duration_listener(listener)
     assert counts[0] > 0  # the first call compiled (so the listener works)
     assert counts[1:] == [counts[0]] * 9, f"compilations after each call: {counts}"
     assert engine.compiled_programs() == 2  # one prefill, one decode
+    _check_filtered_log_probs(tiny_model, tiny_config, prompts, jax.device_get(out), sampling, num_samples=2)
+
+
+def test_text_only_prompts_with_a_bfloat16_cache(tiny_model, tiny_config):
+    text = [list(range(20, 20 + n)) for n in (5, 9)]
+    batch = PromptBatch.from_prompts([(ids, None, None) for ids in text], tiny_config,
+                                     pad_id=tiny_config.text_config.pad_token_id, max_length=64)
+    engine = Engine.for_model(tiny_model, cache_dtype=jnp.bfloat16)
+    assert engine.cache_dtype == jnp.bfloat16
+    out = engine.generate(nnx.state(tiny_model), batch, max_new_tokens=2, temperature=0.0, stop_token_ids=())
+    # The first token comes from the prefill, whose keys / values were read back from the bfloat16 cache.
+    ids, mask = np.asarray(batch.input_ids), np.asarray(batch.attention_mask)
+    logits = tiny_model(ids, attention_mask=mask)[:, -1]
+    expected = np.asarray(jax.nn.log_softmax(logits))
+    np.testing.assert_array_equal(np.asarray(out.tokens)[:, 0], np.argmax(expected, axis=-1))
+    np.testing.assert_allclose(np.asarray(out.log_probs)[:, 0], expected.max(axis=-1), atol=2e-2)
 
 
 def test_sharded_generation_equals_unsharded(tiny_config, prompts, fanned_out_run):
