@@ -153,29 +153,32 @@ def greedy_tokens(logits: jax.Array) -> jax.Array:
     return (first_block * block + _first_max_index(_gather_block(blocks, first_block))).astype(jnp.int32)
 
 
+def _last_positive_index(weights: jax.Array) -> jax.Array:
+    index = jnp.arange(weights.shape[-1], dtype=jnp.int32)
+    return jnp.max(jnp.where(weights > 0, index, 0), axis=-1)
+
+
 def sample_tokens(logits: jax.Array, row_keys: jax.Array) -> jax.Array:
     """(R,) int32 draws from softmax(logits) rows (-inf = never), one uniform number per row.
 
     Inverse-CDF sampling in two levels (block masses, then the chosen block), so the vocabulary is read
     a few times per step instead of drawing a Gumbel variate per token (one random number per row
-    instead of per vocabulary entry: ~20x cheaper on CPU, same distribution).
+    instead of per vocabulary entry: ~20x cheaper on CPU, same distribution). A zero-weight token is
+    never returned, even when rounding puts the target at the very end of the cumulative sum.
     """
     weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     blocks, block = _blocked(weights, 0.0)
     uniform = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(row_keys)
-    block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # (R, num_blocks)
+    block_mass = jnp.sum(blocks, axis=-1)  # (R, num_blocks)
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
     target = uniform * block_cdf[:, -1]
-    # The chosen token is the first whose cumulative weight exceeds target (zero-weight tokens never are).
-    chosen_block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), block_cdf.shape[1] - 1)
-    before = jnp.take_along_axis(block_cdf, chosen_block[:, None], axis=1)[:, 0] - jnp.sum(
-        _gather_block(blocks, chosen_block), axis=-1)
-    inner_cdf = before[:, None] + jnp.cumsum(_gather_block(blocks, chosen_block), axis=-1)
-    inner = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), block - 1)
-    tokens = (chosen_block * block + inner).astype(jnp.int32)
-    # Rounding can push target to the very end of the cumulative sum; never return a zero-weight token.
-    weight = jnp.take_along_axis(jnp.pad(weights, ((0, 0), (0, blocks.size // blocks.shape[0] - weights.shape[1]))),
-                                 tokens[:, None], axis=1)[:, 0]
-    return jnp.where(weight > 0, tokens, greedy_tokens(logits))
+    # The chosen entry is the first whose cumulative weight exceeds the target.
+    chosen_block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), _last_positive_index(block_mass))
+    inside = _gather_block(blocks, chosen_block)  # (R, block)
+    before = jnp.take_along_axis(block_cdf, chosen_block[:, None], axis=1)[:, 0] - jnp.sum(inside, axis=-1)
+    inner_cdf = before[:, None] + jnp.cumsum(inside, axis=-1)
+    inner = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), _last_positive_index(inside))
+    return (chosen_block * block + inner).astype(jnp.int32)
 
 
 def _picked(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:

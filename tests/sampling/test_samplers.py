@@ -99,3 +99,22 @@ def test_row_keys_do_not_depend_on_the_number_of_rows():
 def test_bad_sampling_settings_are_rejected(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SamplingConfig(**kwargs)
+
+
+def test_only_tokens_with_weight_are_drawn():
+    # Rows with a single finite logit at the start, the end and inside of a vocabulary that does not
+    # fill its last block (10 = 4 + 4 + 2): every draw must return that token.
+    from facialr1_jax.sampling.samplers import sample_tokens
+
+    vocab, draws = 10, 2000
+    logits = np.full((3, vocab), -np.inf, np.float32)
+    for row, token in enumerate((0, vocab - 1, 5)):
+        logits[row, token] = 0.0
+
+    @jax.jit
+    def draw(key):
+        keys = row_keys(key, draws * 3)
+        return sample_tokens(jnp.repeat(jnp.asarray(logits), draws, axis=0), keys).reshape(3, draws)
+
+    tokens = np.asarray(draw(jax.random.key(5)))
+    np.testing.assert_array_equal(tokens, np.array([[0], [vocab - 1], [5]]).repeat(draws, axis=1))
