@@ -62,18 +62,17 @@ class RewardFunction:
     byte_table: TokenByteTable
 
     def apply(self, tables: RewardTables, ids, mask, label_ids, au_multi_hot) -> dict[str, jax.Array]:
-        result = scan.scan_completions(tables.scan, ids, mask)
+        """The reward computation as a pure function of the tables (jit it, or call it inside a
+        jitted step with `reward_fn.tables` passed as an argument)."""
         au_multi_hot = jnp.asarray(au_multi_hot).astype(bool)
-        counts = scan.au_counts(result.au_keys, result.au_key_valid, au_multi_hot)
         inputs = terms.TermInputs(
-            result=result,
+            result=scan.analyse(tables.scan, ids, mask, au_multi_hot),
             ids=jnp.asarray(ids),
             mask=jnp.asarray(mask).astype(bool),
             label_ids=jnp.asarray(label_ids),
             au_multi_hot=au_multi_hot,
             labels=tables.labels,
             settings=self.settings,
-            au_counts=counts,
         )
         return terms.compute_terms(inputs)
 

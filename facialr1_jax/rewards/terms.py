@@ -46,14 +46,13 @@ class LabelArrays:
 
 @dataclasses.dataclass(frozen=True)
 class TermInputs:
-    result: scan.ScanResult
+    result: scan.Analysis
     ids: jax.Array  # [B, T]
     mask: jax.Array  # [B, T] bool
     label_ids: jax.Array  # [B] int32, -1 = no label
     au_multi_hot: jax.Array  # [B, cap] bool
     labels: LabelArrays
     settings: RewardSettings
-    au_counts: tuple[jax.Array, jax.Array, jax.Array]  # |P|, |P & T|, |T|
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +83,8 @@ def accuracy_term(inputs: TermInputs) -> jax.Array:
 def au_term(inputs: TermInputs) -> jax.Array:
     """T = {} -> 0; P = {} -> -1 ("2f1-1") or 0 ("f1"); else F1 = 2|P&T| / (|P| + |T|) (equal to
     2pr/(p+r)), reported as 2F1-1 or F1."""
-    predicted, overlap, truth = inputs.au_counts
+    result = inputs.result
+    predicted, overlap, truth = result.au_predicted, result.au_matched, result.au_truth
     f1 = 2.0 * overlap.astype(jnp.float32) / jnp.maximum(predicted + truth, 1).astype(jnp.float32)
     f1 = jnp.where(predicted > 0, f1, 0.0)
     value = 2.0 * f1 - 1.0 if inputs.settings.au_mode == "2f1-1" else f1
@@ -205,13 +205,13 @@ def compute_terms(inputs: TermInputs) -> dict[str, jax.Array]:
     total = jnp.asarray(total, jnp.float32)
     if settings.clamp is not None:
         total = jnp.clip(total, settings.clamp[0], settings.clamp[1])
-    predicted, overlap, truth = inputs.au_counts
+    result = inputs.result
     return {
         **values,
         "total": total,
-        "au_predicted": predicted,
-        "au_matched": overlap,
-        "au_truth": truth,
+        "au_predicted": result.au_predicted,
+        "au_matched": result.au_matched,
+        "au_truth": result.au_truth,
     }
 
 
