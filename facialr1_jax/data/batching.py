@@ -6,9 +6,9 @@ Two layouts:
   * prompt batches (`collate_prompts`): left-padded prompts for generation, so that every row's
     next token lands in the same column.
 
-Static shapes: sequence lengths are padded to `length_bucket` (the next power of two, at least
-`MIN_LENGTH_BUCKET`, capped at the configured maximum), image patches to `patch_bucket` (the next
-power of two). A run therefore compiles its step for a handful of shapes, not one per batch.
+Static shapes: sequence lengths are padded to `length_bucket` (four sizes per power of two, at
+least `MIN_LENGTH_BUCKET`, capped at the configured maximum), image patches to `patch_bucket` (the
+next power of two). A run therefore compiles its step for a handful of shapes, not one per batch.
 
 Everything here is numpy on the host, picklable, and runs inside grain worker processes.
 """
@@ -28,16 +28,21 @@ if TYPE_CHECKING:  # only for annotations: batching works on any objects with th
 MIN_LENGTH_BUCKET = 32
 
 
-def length_bucket(length: int, max_length: int, minimum: int = MIN_LENGTH_BUCKET) -> int:
+def length_bucket(length: int, max_length: int, minimum: int = MIN_LENGTH_BUCKET, per_octave: int = 4) -> int:
     """The padded length for a batch whose longest row has `length` tokens.
 
-    The next power of two >= length (and >= minimum), but never above `max_length` rounded up to a
-    multiple of 8, so a configured maximum of 416 gives buckets 32, 64, 128, 256, 416.
+    Buckets are `per_octave` evenly spaced sizes per power of two (4: ..., 256, 320, 384, 448, 512,
+    640, ...), at least `minimum`, and never above `max_length` rounded up to a multiple of 8. Plain
+    powers of two would pad a 280-token batch to 512 (45% wasted compute); these waste at most 20%
+    while a whole run still sees only a handful of shapes.
     """
     if length > max_length:
         raise ValueError(f"a row of {length} tokens exceeds the maximum sequence length {max_length}")
     cap = -(-max_length // 8) * 8
-    bucket = max(minimum, 1 << max(0, int(np.ceil(np.log2(max(length, 1))))))
+    length = max(length, minimum, 1)
+    octave = 1 << int(np.floor(np.log2(length)))
+    step = max(octave // per_octave, 1)
+    bucket = -(-length // step) * step
     return min(bucket, cap)
 
 

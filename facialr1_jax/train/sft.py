@@ -198,7 +198,7 @@ def run_sft(config: Any, workdir: str) -> dict:
     def next_batch(current_state):
         del current_state
         arrays, info = batching.split_info(next(iterator))
-        signature = step_lib._batch_signature(arrays)
+        signature = step_lib.batch_signature(arrays)
         if signature not in shardings_cache:
             shardings_cache[signature] = step_lib.batch_shardings(arrays, mesh)
         return step_lib.put_batch(arrays, shardings_cache[signature]), info

@@ -126,10 +126,14 @@ def accumulate(
     return grads, loss_sum, denominator, extras
 
 
-def _batch_signature(batch: dict) -> tuple:
-    """Structure, shapes and dtypes: what decides the batch shardings and the compiled program."""
+def batch_signature(batch: dict) -> tuple:
+    """Structure, shapes and dtypes: what decides the batch shardings and the compiled program
+    (a cache key for per-shape objects such as `batch_shardings`)."""
     leaves, treedef = jax.tree.flatten(batch)
     return treedef, tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
+
+
+_batch_signature = batch_signature  # the name grpo_loop.py used before it was public
 
 
 def _safe_divide(total, count):
@@ -187,7 +191,7 @@ class TrainStep:
 
     def compiled(self, batch: dict) -> Callable:
         """The jitted update for this batch's structure (built on first use)."""
-        key = _batch_signature(batch)
+        key = batch_signature(batch)
         if key not in self._compiled:
             self._compiled[key] = jax.jit(
                 self._update,
@@ -224,7 +228,7 @@ class EvalStep:
         return {"loss_sum": loss_sum, "denominator": denominator, **extras}
 
     def __call__(self, params: Any, batch: dict, rng: jax.Array | None = None) -> dict:
-        key = _batch_signature(batch)
+        key = batch_signature(batch)
         if key not in self._compiled:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self._compiled[key] = jax.jit(

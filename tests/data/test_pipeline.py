@@ -28,7 +28,15 @@ def _example(name, text_before, image_grid, text_after, reply, seed=0):
 
 
 def test_length_and_patch_buckets():
-    assert [batching.length_bucket(n, 416) for n in (1, 32, 33, 100, 256, 257, 416)] == [32, 32, 64, 128, 256, 416, 416]
+    lengths = (1, 32, 33, 40, 41, 100, 256, 257, 280, 385, 400, 416)
+    assert [batching.length_bucket(n, 416) for n in lengths] == [32, 32, 40, 40, 48, 112, 256, 320, 320, 416, 416, 416]
+    assert batching.length_bucket(600, 2048) == 640
+    assert batching.length_bucket(1100, 2048) == 1280
+    # Few shapes: every length up to 2048 lands in one of 4 buckets per power of two.
+    assert len({batching.length_bucket(n, 2048) for n in range(1, 2049)}) <= 4 * 6 + 1
+    for n in range(1, 2049):
+        bucket = batching.length_bucket(n, 2048)
+        assert n <= bucket <= max(32, 1.25 * n + 8)
     with pytest.raises(ValueError, match="exceeds the maximum sequence length 416"):
         batching.length_bucket(417, 416)
     assert batching.patch_bucket(64, 4) == 64
