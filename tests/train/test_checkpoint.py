@@ -136,3 +136,34 @@ def test_resolve_checkpoint_accepts_workdir_step_dir_and_hf_dir(tmp_path):
         ckpt.resolve_checkpoint(tmp_path / "hf" / ".." / "run" / "..")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ckpt.resolve_checkpoint(tmp_path / "missing")
+
+
+def test_load_model_from_workdir_step_dir_and_hugging_face_dir(tmp_path):
+    from facialr1_jax import models
+
+    config = models.get_preset("tiny")
+    model = models.Qwen2_5_VL(config, rngs=nnx.Rngs(3))
+    tx, _ = _optimizer()
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    _, state, _ = state_lib.create_train_state(model, tx, seed=0, mesh=mesh)
+    trained = state.replace(step=jnp.asarray(7, jnp.int32),
+                            params=jax.tree.map(lambda p: p * 1.5 + 0.25, state.params))
+    meta = ckpt.model_meta(config, preset="tiny", dtype="float32", param_dtype="float32", tokenizer="")
+    checkpointer = ckpt.Checkpointer(tmp_path / "run")
+    checkpointer.save(trained, meta={**meta, "stage": "sft"})
+    checkpointer.close()
+
+    for path in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "7"):
+        loaded, tokenizer, info = ckpt.load_model(path)
+        assert info["kind"] == "orbax" and info["step"] == 7 and info["preset"] == "tiny"
+        assert loaded.config == config
+        _, loaded_params = state_lib.split_model(loaded)
+        _assert_trees_equal(jax.device_get(loaded_params), jax.device_get(trained.params))
+        assert hasattr(tokenizer, "encode")
+
+    # Exported to the Hugging Face layout, the same weights come back through from_pretrained.
+    models.save_pretrained(loaded, tmp_path / "hf")
+    from_hf, _, info = ckpt.load_model(tmp_path / "hf")
+    assert info["kind"] == "hf" and info["step"] is None
+    _, hf_params = state_lib.split_model(from_hf)
+    _assert_trees_equal(jax.device_get(hf_params), jax.device_get(trained.params))
