@@ -1,7 +1,17 @@
-"""The iterative loop: R rounds of SFT -> GRPO -> synthesis -> evaluation (METHOD.md section 5).
+"""The iterative loop: R rounds of SFT -> GRPO -> evaluation -> synthesis (METHOD.md section 5).
 
-Each round trains SFT on the seed set plus every record accepted so far (starting from the last
-GRPO model), then GRPO, then synthesises again; the evaluations of all rounds go into one table.
+    python launch/train.py --config=configs/pipeline.py --workdir=workdirs/pipeline
+
+Round 1 trains SFT on the seed set (the nested `warm_start` config) and GRPO on the stage 2 records,
+unless `pipeline.initial_checkpoint` names an existing GRPO model to start from. Round r > 1 trains
+SFT on the seed set plus every record accepted by the earlier rounds' synthesis, starting from round
+r-1's GRPO model, then GRPO from that. Every round evaluates its GRPO model on the held-out test
+split and then synthesises reasoning for the stage 2 records not accepted yet. One table holds all
+rounds: WORKDIR/rounds.json, rounds.md and rounds.png. A finished round is skipped on restart; an
+interrupted stage resumes from its own checkpoints or shards.
+
+The model and data sections of this config apply to every stage (the SFT runs included); the
+`warm_start` section supplies the SFT knobs (sft, optimizer) of round 1.
 """
 
 import ml_collections
@@ -17,7 +27,14 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.synth = synth_config.get_config("demo" if variant == "demo" else "qwen2_5_vl_7b").synth
     c.eval = eval_config.get_config("demo").eval
     c.pipeline = ml_collections.ConfigDict()
-    c.pipeline.rounds = 2  # Rounds of SFT -> GRPO -> synthesis.
+    c.pipeline.rounds = 2  # Rounds of SFT -> GRPO -> evaluation -> synthesis.
+    # Round 1's model: "" = train SFT (warm_start) then GRPO in WORKDIR/round-1; else a GRPO run's workdir or
+    # checkpoint to use as round 1's model as is (its training is then not repeated).
+    c.pipeline.initial_checkpoint = ""
     c.pipeline.sft_steps_per_round = 200  # SFT steps in rounds after the first (on seed + accepted records).
-    c.pipeline.grpo_steps_per_round = 50  # GRPO steps per round.
+    c.pipeline.sft_lr = 5e-4  # Peak SFT learning rate in rounds after the first (fine-tuning a trained model); 0 = warm_start's.
+    c.pipeline.grpo_steps_per_round = 50  # GRPO steps in rounds after the first (round 1 uses grpo.num_steps).
+    c.pipeline.eval_num_examples = 0  # Test records in each round's evaluation (0 = the whole split).
+    if variant != "demo":
+        c.pipeline.sft_lr = 0.0
     return c
