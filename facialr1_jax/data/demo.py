@@ -368,6 +368,31 @@ def _render_all(
                 report(done, total)
 
 
+def _render_arrays(jobs: list[tuple[dict[str, float], int, int]], image_size: int) -> np.ndarray:
+    """Render one chunk of faces to a uint8 array (runs in a worker process)."""
+    out = np.empty((len(jobs), image_size, image_size, 3), dtype=np.uint8)
+    for index, (intensities, identity_seed, pose_seed) in enumerate(jobs):
+        out[index] = np.asarray(synthface.render(intensities, identity_seed, image_size, pose_seed=pose_seed))
+    return out
+
+
+def render_faces(faces: Sequence[PlannedFace], image_size: int = 112, *, workers: int | None = None) -> np.ndarray:
+    """The planned faces as one (N, size, size, 3) uint8 array, rendered in memory (no files):
+    for probes and benchmarks that want pixels without a build. Same pixels as the JPEG-free
+    render of each face; workers as in `build_demo`."""
+    jobs = [(face.expression.intensities, face.identity_seed, face.pose_seed) for face in faces]
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    chunk = 250
+    if workers <= 1 or len(jobs) <= chunk:
+        return _render_arrays(jobs, image_size) if jobs else np.empty((0, image_size, image_size, 3), np.uint8)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        parts = list(pool.map(_render_arrays, [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)],
+                              [image_size] * (-(-len(jobs) // chunk))))
+    return np.concatenate(parts)
+
+
 def _progress_callback(progress: bool | Callable[[int, int], None]) -> Callable[[int, int], None] | None:
     if callable(progress):
         return progress

@@ -721,7 +721,7 @@ def _draw_mouth(painter: _Painter, identity: Identity, act: _Activation, skin: n
     # Stretching (AU20) thins the lips on its own side only; the other AUs act on the whole mouth.
     image_right_weight = np.clip(u + 0.5, 0.0, 1.0)  # blends the two sides smoothly across the middle
     stretch = act.side("AU20", -1) * (1 - image_right_weight) + act.side("AU20", 1) * image_right_weight
-    thinning = 0.45 * stretch + 0.6 * au23 + 0.95 * au24 + 0.3 * au27
+    thinning = 0.45 * stretch + 0.5 * au23 + min(1.0, 1.4 * au24) + 0.3 * au27
     upper_thick = identity.upper_lip * np.maximum(0.12, 1.0 - thinning + 0.55 * au22)
     lower_thick = identity.lower_lip * np.maximum(0.12, 1.0 - thinning + 0.55 * au22 + 0.25 * mean("AU17"))
     open_upper = 0.028 * mean("AU25") + 0.018 * mean("AU26") + 0.035 * au27 + 0.012 * au22
@@ -746,8 +746,8 @@ def _draw_mouth(painter: _Painter, identity: Identity, act: _Activation, skin: n
     if au24 > 0:  # skin bulges above and below pressed lips
         colour = _colour(_mix(skin, skin * 0.5, _mark_alpha(au24)))
         inner = np.abs(u) < 0.65
-        painter.line(np.stack([x, upper_outer - 0.03], 1)[inner], colour, 0.014)
-        painter.line(np.stack([x, lower_outer + 0.03], 1)[inner], colour, 0.014)
+        painter.line(np.stack([x, upper_outer - 0.035], 1)[inner], colour, 0.02)
+        painter.line(np.stack([x, lower_outer + 0.035], 1)[inner], colour, 0.02)
 
     gap = lower_inner - upper_inner
     if gap.max() > 0.006:
@@ -778,13 +778,13 @@ def _draw_mouth(painter: _Painter, identity: Identity, act: _Activation, skin: n
     lower_lip = np.concatenate([np.stack([x, lower_inner], 1), np.stack([x, lower_outer], 1)[::-1]])
     painter.polygon(upper_lip, _colour(lip * 0.92))
     painter.polygon(lower_lip, _colour(lip))
-    line_colour = _colour(_mix(lip * 0.55, np.zeros(3), 0.35 * au24 + 0.2 * au23))
+    line_colour = _colour(_mix(lip * 0.55, np.zeros(3), 0.6 * au24 + 0.2 * au23))
     if gap.max() <= 0.006:
-        painter.line(np.stack([x, 0.5 * (upper_inner + lower_inner)], 1), line_colour, 0.011 + 0.006 * au24)
+        painter.line(np.stack([x, 0.5 * (upper_inner + lower_inner)], 1), line_colour, 0.011 + 0.012 * au24)
     if au23 > 0:  # a tightened lip has a sharp border
         border = _colour(_mix(lip, lip * 0.5, _mark_alpha(au23)))
-        painter.line(np.stack([x, upper_outer], 1), border, 0.009)
-        painter.line(np.stack([x, lower_outer], 1), border, 0.009)
+        painter.line(np.stack([x, upper_outer], 1), border, 0.012)
+        painter.line(np.stack([x, lower_outer], 1), border, 0.012)
 
     for s in (-1, 1):  # AU14's dimple beside each tightened corner
         dimple = act.side("AU14", s)
