@@ -49,7 +49,7 @@ from facialr1_jax.fea.records import FEARecord, write_jsonl
 
 # Bump when the renderer, the label sampler or the writer changes what a build contains, so cached
 # builds made by older code are rebuilt instead of reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SPLIT_FILES = {"sft": "stage1_sft.jsonl", "rl": "stage2_rl.jsonl", "test": "test.jsonl"}
 DATASET_BOTH = "synthface"
