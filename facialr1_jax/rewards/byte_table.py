@@ -165,9 +165,11 @@ def decode_completion(tokenizer, ids: Sequence[int], mask: Sequence[bool] | None
     """The reference text of one completion: the tokenizer's own decode of the kept tokens,
     special tokens skipped and no space clean-up. The Python oracle (`fea.answers`) scores this
     text; the jitted rewards score the same ids."""
-    if mask is not None:
-        if len(mask) != len(ids):
-            raise ValueError(f"mask has {len(mask)} entries but ids has {len(ids)}")
-        ids = [int(i) for i, keep in zip(ids, mask) if keep]
-    backend = _backend(tokenizer)
-    return backend.decode([int(i) for i in ids], skip_special_tokens=True)
+    if mask is None:
+        mask = [True] * len(ids)
+    if len(mask) != len(ids):
+        raise ValueError(f"mask has {len(mask)} entries but ids has {len(ids)}")
+    # Negative ids cannot reach the Rust decoder; like ids past the vocabulary they decode to
+    # nothing, which is also what the byte table gives them.
+    kept = [int(i) for i, keep in zip(ids, mask) if keep and int(i) >= 0]
+    return _backend(tokenizer).decode(kept, skip_special_tokens=True)

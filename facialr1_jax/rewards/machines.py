@@ -17,7 +17,8 @@ All read class ids of an `alphabet.Alphabet`; their letters come from the classe
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -41,11 +42,38 @@ OP_NONE, OP_END = 0, 1
 OP_DIGIT0 = 2  # OP_DIGIT0 + d appends ASCII digit d to the AU number being read
 
 
+_MACHINE_CACHE: dict[tuple, tuple[object, automata.Machine]] = {}
+
+
+def _cached_per_alphabet(builder: Callable) -> Callable:
+    """Memoises a machine builder per alphabet object (and the other, hashable, arguments).
+    Alphabets are themselves cached (`alphabet.build_alphabet`), so tests and repeated
+    `make_reward_fn` calls build each machine once per process."""
+
+    @functools.wraps(builder)
+    def wrapper(alphabet: Alphabet, *args):
+        key = (builder.__name__, id(alphabet)) + tuple(_cache_key(a) for a in args)
+        if key not in _MACHINE_CACHE:
+            _MACHINE_CACHE[key] = ((alphabet, args), builder(alphabet, *args))
+        return _MACHINE_CACHE[key][1]
+
+    return wrapper
+
+
+def _cache_key(argument):
+    if isinstance(argument, automata.Machine):
+        return id(argument)
+    if isinstance(argument, LabelOutcomes):
+        return (argument.labels, argument.mode)
+    return argument
+
+
 def _is_whitespace_letter(letter: str) -> bool:
     return letter == WS or (len(letter) == 1 and letter.isspace())
 
 
 # --------------------------------------------------------------------------------- format
+@_cached_per_alphabet
 def format_machine(alphabet: Alphabet) -> automata.Machine:
     """`<think>.*?</think>\\s*<answer>.*?</answer>` as a full match (DOTALL). Laziness does not
     change whether a full match exists, so this is the plain regular language."""
@@ -162,6 +190,7 @@ def label_outcomes(labels: Sequence[str], mode: str) -> LabelOutcomes:
 
 
 # -------------------------------------------------------------------------------- content
+@_cached_per_alphabet
 def content_machine(alphabet: Alphabet, outcomes: LabelOutcomes) -> automata.Machine:
     """Reads a candidate prediction; final_value = its outcome.
 
@@ -230,6 +259,7 @@ def content_machine(alphabet: Alphabet, outcomes: LabelOutcomes) -> automata.Mac
 
 
 # --------------------------------------------------------------------------------- answer
+@_cached_per_alphabet
 def answer_machine(alphabet: Alphabet, content: automata.Machine) -> automata.Machine:
     """`ANSWER_PATTERN.findall`: outside a match it looks for "<answer>"; inside, it feeds the
     content machine and looks for the first "</answer>". The outcome emitted at the close is the
@@ -275,6 +305,7 @@ def _au_letter_step(au_state: str, letter: str) -> tuple[str, list[int]]:
     return "none", []
 
 
+@_cached_per_alphabet
 def think_au_machine(alphabet: Alphabet) -> automata.Machine:
     """First `<think>(.*?)</think>` (case-insensitive tags) and the AU mentions of its upper-cased
     content. States: before the first open tag; inside (AU-pattern progress x close-tag

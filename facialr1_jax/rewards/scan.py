@@ -250,11 +250,13 @@ def _au_step_full(program: AUProgramArrays, fields, head_end, held):
     return (new_length, new_blocks), keys
 
 
-def scan_completions(t: ScanTables, ids: jax.Array, mask: jax.Array, full_keys: bool = False):
+def scan_completions(t: ScanTables, ids: jax.Array, mask: jax.Array):
     """Runs every automaton over the completions ids [B, T] (tokens where mask is true).
 
-    Returns (summary dict of [B] arrays, mentions): mentions [B, N] in short form
-    (`au_keys.pack_short`), or with full_keys [B, N, KEY_WORDS] exact keys (length 0 = none).
+    Returns (summary dict of [B] arrays, mentions [B, T * (2 + E)] in short form
+    (`au_keys.pack_short`, 0 = none), think trace). The think trace (per token: the think/AU row,
+    the state where its rest starts, whether its head ended a mention; each [T, B]) lets
+    `exact_mentions` recompute full keys when a mention is too long for the short form.
     Mentions outside a closed first think block are included; the caller drops them."""
     batch = ids.shape[0]
     ids = ids.astype(jnp.int32)
@@ -271,12 +273,6 @@ def scan_completions(t: ScanTables, ids: jax.Array, mask: jax.Array, full_keys: 
         think_row=t.think_au.token_row[token],
     )
     zeros = jnp.zeros((batch,), jnp.int32)
-    if full_keys:
-        au_step, au_table = _au_step_full, t.au_program.full
-        held = (zeros, jnp.zeros((batch, 3), jnp.uint32))
-    else:
-        au_step, au_table = _au_step_short, t.au_program.short
-        held = (zeros, jnp.zeros((batch,), jnp.uint32))
     carry = dict(
         open=zeros,  # the open UTF-8 sequence, packed (`tables.pack_open`)
         format=zeros,
@@ -284,7 +280,7 @@ def scan_completions(t: ScanTables, ids: jax.Array, mask: jax.Array, full_keys: 
         answer_last=zeros,
         prediction=zeros,
         think=zeros,
-        au_held=held,
+        au_held=(zeros, jnp.zeros((batch,), jnp.uint32)),
     )
 
     def head(operand):
@@ -318,8 +314,8 @@ def scan_completions(t: ScanTables, ids: jax.Array, mask: jax.Array, full_keys: 
     def step(carry, x):
         needs_head = jnp.any((x["head_count"] > 0) | (x["has_rest"] & (carry["open"] != 0)))
         carry, head_end = _cond_on_cpu(needs_head, head, no_head, (carry, x))
-        fields = au_table[x["think_row"], carry["think"]]
-        held, mentions = au_step(t.au_program, fields, head_end, carry["au_held"])
+        fields = t.au_program.short[x["think_row"], carry["think"]]
+        held, mentions = _au_step_short(t.au_program, fields, head_end, carry["au_held"])
         emitted = t.answer.token_last_output[x["answer_row"], carry["answer"]]
         out = dict(
             open=jnp.where(x["has_rest"], x["tail_open"], carry["open"]),
@@ -330,9 +326,9 @@ def scan_completions(t: ScanTables, ids: jax.Array, mask: jax.Array, full_keys: 
             think=t.think_au.token_next[x["think_row"], carry["think"]],
             au_held=held,
         )
-        return out, mentions
+        return out, (mentions, carry["think"], head_end)
 
-    final, mentions = jax.lax.scan(step, carry, per_token)
+    final, (mentions, think_states, head_ends) = jax.lax.scan(step, carry, per_token)
 
     # End of text: an open sequence decodes as one U+FFFD. It cannot complete a tag, so only the
     # format and whole-text automata can change; a think/AU END here would be inside an unclosed
@@ -347,9 +343,25 @@ def scan_completions(t: ScanTables, ids: jax.Array, mask: jax.Array, full_keys: 
         outcome=jnp.where(answer_found, final["answer_last"] - 1, t.prediction.final_value[prediction_state]),
         think_closed=t.think_au.final_value[final["think"]] > 0,
     )
-    # [T, B, S, ...] -> [B, T * S, ...] (sorting and reductions below run along axis 1).
-    mentions = jnp.moveaxis(mentions, 0, 1)
-    return summary, mentions.reshape((batch, -1) + mentions.shape[3:])
+    # [T, B, S] -> [B, T * S] (sorting and reductions below run along axis 1).
+    mentions = jnp.moveaxis(mentions, 0, 1).reshape(batch, -1)
+    return summary, mentions, (per_token["think_row"], think_states, head_ends)
+
+
+def exact_mentions(program: AUProgramArrays, think_trace) -> jax.Array:
+    """Full keys [B, T * (2 + E), KEY_WORDS] (length 0 = none) of the mentions, from the think
+    trace of `scan_completions`: a second, AU-only scan, run when a mention has 10+ digits."""
+    rows, states, head_ends = think_trace
+    batch = rows.shape[1]
+    held = (jnp.zeros((batch,), jnp.int32), jnp.zeros((batch, 3), jnp.uint32))
+
+    def step(held, x):
+        row, state, head_end = x
+        return _au_step_full(program, program.full[row, state], head_end, held)
+
+    _, keys = jax.lax.scan(step, held, (rows, states, head_ends))
+    keys = jnp.moveaxis(keys, 0, 1)
+    return keys.reshape(batch, -1, au_keys.KEY_WORDS)
 
 
 @jax.tree_util.register_dataclass
@@ -372,9 +384,10 @@ def analyse(t: ScanTables, ids: jax.Array, mask: jax.Array, truth: jax.Array) ->
     """Scans the completions and counts AU mentions against the truth multi-hot [B, cap].
 
     The scan keeps mentions in short form; when some mention in the batch has 10 or more
-    digits, the batch is scanned again with exact full keys (rare: "AU" + a 10-digit number)."""
+    digits (rare: "AU" + a 10-digit number), their full keys are recomputed from the think
+    trace by a small AU-only scan."""
     truth = truth.astype(bool)
-    summary, short = scan_completions(t, ids, mask)
+    summary, short, think_trace = scan_completions(t, ids, mask)
     closed = summary["think_closed"][:, None]
     short = jnp.where(closed, short, jnp.uint32(0))
 
@@ -382,7 +395,7 @@ def analyse(t: ScanTables, ids: jax.Array, mask: jax.Array, truth: jax.Array) ->
         return _count_short(short, truth)
 
     def from_full(_):
-        _, keys = scan_completions(t, ids, mask, full_keys=True)
+        keys = exact_mentions(t.au_program, think_trace)
         return _count_full(keys, closed & (keys[..., 0] > 0), truth)
 
     predicted, matched = jax.lax.cond(jnp.any(short == jnp.uint32(au_keys.LONG)), from_full, from_short, None)
