@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -302,9 +302,3 @@ def _draw_emotion(rng: np.random.Generator, prior: Mapping[str, float]) -> str:
 def _canonical(key: str) -> str:
     """Renderer key -> canonical AU name ("R12" -> "AU12")."""
     return key if key.startswith("AU") else f"AU{int(key[1:])}"
-
-
-def emotion_counts(expressions: Sequence[Expression]) -> dict[str, int]:
-    """How many expressions of each emotion (every emotion listed, zero included)."""
-    counts = Counter(expression.emotion for expression in expressions)
-    return {emotion: counts.get(emotion, 0) for emotion in EMOTIONS}

@@ -45,7 +45,8 @@ sensor noise off (tests compare renders pixel by pixel). Everything is determini
 identity and pose); the tests check that each AU changes pixels inside its region and nowhere else.
 
 Drawing happens at `SUPERSAMPLE` times the output size and is box-filtered down (anti-aliasing);
-about 1-2 ms per 112-px image on one core.
+about 3.2 ms per 112-px image on one core (~310 images per CPU-second, measured in process CPU
+time).
 """
 
 from __future__ import annotations
