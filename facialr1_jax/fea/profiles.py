@@ -64,7 +64,7 @@ class DatasetProfile:
         return sort_aus(present)
 
 
-_SYNTHFACE_AUS = _aus(1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 16, 17, 20, 23, 24, 25, 26, 27, 43)
+_SYNTHFACE_AUS = _aus(1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 20, 22, 23, 24, 25, 26, 27, 43)
 _DISFA_ANNOTATED = _aus(1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 _BP4D_AUS = _aus(1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 _FABA_AUS = _aus(1, 2, 4, 5, 6, 10, 12, 17, 24, 25, 26, 43)
@@ -132,7 +132,7 @@ _PROFILE_LIST: tuple[DatasetProfile, ...] = (
         labels=EMOTIONS,
         eval_aus=_SYNTHFACE_AUS,
         annotated_aus=_SYNTHFACE_AUS,
-        description="the built-in synthetic FACS faces: 8 emotions, the 20 AUs the renderer draws",
+        description="the built-in synthetic FACS faces: 8 emotions, the 22 AUs the renderer draws",
     ),
 )
 

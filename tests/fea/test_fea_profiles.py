@@ -66,9 +66,8 @@ def test_evaluated_au_subsets_follow_method_1_3():
     assert set(get_profile("BP4D").eval_aus) == _aus(1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
     assert set(get_profile("FABA").eval_aus) == _aus(1, 2, 4, 5, 6, 10, 12, 17, 24, 25, 26, 43)
     assert set(get_profile("synthface").eval_aus) == _aus(
-        1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 16, 17, 20, 23, 24, 25, 26, 27, 43
+        1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 20, 22, 23, 24, 25, 26, 27, 43
     )
-    assert len(get_profile("synthface").eval_aus) == 20
     assert get_profile("RAF-AU").eval_aus is None
     for emotion_only in ("FER2013", "AffectNet", "RAF-DB"):
         profile = get_profile(emotion_only)
@@ -143,3 +142,9 @@ def test_au_eval_list_derives_from_ground_truth_when_no_protocol_list():
     assert raf_au.au_eval_list([]) == ()
     disfa = get_profile("DISFA")
     assert disfa.au_eval_list(truth) == disfa.eval_aus
+
+
+def test_synthface_profile_evaluates_exactly_the_rendered_aus():
+    from facialr1_jax.data.synthface import RENDERED_AUS
+
+    assert set(get_profile("synthface").eval_aus) == set(RENDERED_AUS)
