@@ -70,16 +70,17 @@ class GreedyEvaluator:
     model_config: Any
     max_new_tokens: int
     batch_size: int
+    mesh: Any = None  # generate sharded over this mesh (sampling rules) when it has several devices
 
     @classmethod
     def create(cls, tokenizer, encoding: EncodingConfig, model_config, *, max_new_tokens: int,
-               batch_size: int) -> "GreedyEvaluator | None":
+               batch_size: int, mesh: Any = None) -> "GreedyEvaluator | None":
         generate = load_generate()
         if generate is None:
             _log.info("the rollout engine (facialr1_jax.sampling.generate) is not available: "
                       "evaluation reports the held-out loss only")
             return None
-        return cls(generate, tokenizer, encoding, model_config, max_new_tokens, batch_size)
+        return cls(generate, tokenizer, encoding, model_config, max_new_tokens, batch_size, mesh)
 
     def prompts(self, split, num_examples: int) -> list[PromptExample]:
         count = len(split) if num_examples <= 0 else min(num_examples, len(split))
@@ -99,7 +100,9 @@ class GreedyEvaluator:
             batch = batching.collate_prompts(chunk, self.model_config, pad_id=pad,
                                              max_length=self.encoding.max_prompt_tokens,
                                              batch_size=self.batch_size)
-            result = self.generate(model, batch, max_new_tokens=self.max_new_tokens, greedy=True)
+            sharded = self.mesh is not None and self.mesh.size > 1
+            result = self.generate(model, batch, max_new_tokens=self.max_new_tokens, greedy=True,
+                                   mesh=self.mesh if sharded else None)
             tokens = np.asarray(jax.device_get(result.tokens))
             lengths = np.asarray(jax.device_get(result.lengths))
             for row in range(len(chunk)):

@@ -118,11 +118,14 @@ def micro_batch_count(config: Any) -> int:
 
 def held_out_batches(split: datasets.LoadedSplit, tokenizer, encoding: EncodingConfig, model_config,
                      *, num_examples: int, batch_size: int) -> list[dict]:
-    """The held-out loss batches, encoded once: the first `num_examples` test records in batches of
-    `batch_size`, the last one filled up with copies whose targets are masked (same shape, no weight)."""
-    count = len(split) if num_examples <= 0 else min(num_examples, len(split))
+    """The held-out loss batches, encoded once: the first `num_examples` test records that have a
+    reference description, in batches of `batch_size`; the last one is filled up with copies whose
+    targets are masked (same shape, no weight). Empty when no test record has a description."""
+    indices = [i for i, record in enumerate(split.records) if record.description.strip()]
+    if num_examples > 0:
+        indices = indices[:num_examples]
     examples = [encode_sft_example(split.source[i]["record"], tokenizer, encoding,
-                                   images=pipeline.element_images(split.source[i])) for i in range(count)]
+                                   images=pipeline.element_images(split.source[i])) for i in indices]
     collate = batching.SFTCollator(model_config=model_config, num_micro_batches=1, max_length=encoding.max_length,
                                    pad_id=pipeline.pad_id_of(tokenizer))
     batches = []
@@ -131,6 +134,14 @@ def held_out_batches(split: datasets.LoadedSplit, tokenizer, encoding: EncodingC
         filler = [evaluation.without_targets(chunk[-1])] * (batch_size - len(chunk))
         batches.append(batching.split_info(collate(chunk + filler))[0])
     return batches
+
+
+def load_test_split(config: Any, workdir: str) -> datasets.LoadedSplit | None:
+    """The held-out split, or None for JSONL data without data.eval_jsonl (then nothing is evaluated)."""
+    if config.data.source == "jsonl" and not config.data.eval_jsonl:
+        _log.warning("config.data.eval_jsonl is empty: no held-out evaluation in this run")
+        return None
+    return datasets.load_split(config, "test", workdir=workdir)
 
 
 class _DropLibraryChatter(logging.Filter):
@@ -158,11 +169,11 @@ def run_sft(config: Any, workdir: str) -> dict:
     encoding = EncodingConfig.from_config(config)
 
     train_split = datasets.load_split(config, "sft", workdir=workdir, require_description=True)
-    test_split = datasets.load_split(config, "test", workdir=workdir, require_description=True)
+    test_split = load_test_split(config, workdir)
     total_steps = total_steps_for(config, len(train_split))
     num_micro = micro_batch_count(config)
     _log.info("SFT: %d training records, %d held-out, %d steps of %d sequences (%d micro-batches)",
-              len(train_split), len(test_split), total_steps, config.sft.batch_size, num_micro)
+              len(train_split), len(test_split) if test_split else 0, total_steps, config.sft.batch_size, num_micro)
 
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
     model_config = model.config
@@ -208,15 +219,15 @@ def run_sft(config: Any, workdir: str) -> dict:
             batch_log.write({"step": step_index + 1, "ids": [i for group in info["ids"] for i in group],
                              "truncated": info["truncated"]})
 
-    eval_batches = held_out_batches(test_split, tokenizer, encoding, model_config,
-                                    num_examples=int(config.sft.eval_num_examples),
-                                    batch_size=int(config.sft.eval_batch_size))
-    generator = evaluation.GreedyEvaluator.create(tokenizer, encoding, model_config,
-                                                  max_new_tokens=int(config.sft.eval_max_new_tokens),
-                                                  batch_size=int(config.sft.eval_batch_size))
+    eval_batches = [] if test_split is None else held_out_batches(
+        test_split, tokenizer, encoding, model_config, num_examples=int(config.sft.eval_num_examples),
+        batch_size=int(config.sft.eval_batch_size))
+    generator = None if test_split is None else evaluation.GreedyEvaluator.create(
+        tokenizer, encoding, model_config, max_new_tokens=int(config.sft.eval_max_new_tokens),
+        batch_size=int(config.sft.eval_batch_size), mesh=mesh)
 
     def evaluate(current_state, step: int, *, final: bool = False) -> dict:
-        row = evaluation.held_out_loss(eval_step, current_state.params, eval_batches)
+        row = evaluation.held_out_loss(eval_step, current_state.params, eval_batches) if eval_batches else {}
         if generator is not None:
             count = int(config.sft.final_eval_num_examples if final else config.sft.eval_num_examples)
             scores = generator.evaluate(model_def.merge(current_state.params), test_split, num_examples=count,
@@ -231,11 +242,11 @@ def run_sft(config: Any, workdir: str) -> dict:
             total_steps=total_steps, checkpointer=checkpointer,
             checkpoint_every=int(config.checkpoint.every_steps), meta=run_meta, logger=logger,
             log_every=int(config.logging.every_steps), data_state=iterator.get_state,
-            evaluate=lambda s, step: evaluate(s, step, final=False),
+            evaluate=(lambda s, step: evaluate(s, step, final=False)) if test_split is not None else None,
             eval_every=int(config.sft.eval_every_steps), guard=guard, on_batch=on_batch,
             evaluate_at_end=False,
         )
-        if outcome.status == "completed":
+        if outcome.status == "completed" and test_split is not None:
             final_eval = evaluate(outcome.state, outcome.step, final=True)
             logger.write(outcome.step, final_eval, split="eval")
         else:
@@ -250,7 +261,7 @@ def run_sft(config: Any, workdir: str) -> dict:
         "step": outcome.step,
         "total_steps": total_steps,
         "train_records": len(train_split),
-        "test_records": len(test_split),
+        "test_records": len(test_split) if test_split is not None else 0,
         "final_train": outcome.last_metrics,
         "eval": final_eval,
         "generation_available": generator is not None,
