@@ -34,6 +34,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.pipeline.sft_steps_per_round = 200  # SFT steps in rounds after the first (on seed + accepted records).
     c.pipeline.sft_lr = 5e-4  # Peak SFT learning rate in rounds after the first (fine-tuning a trained model); 0 = warm_start's.
     c.pipeline.grpo_steps_per_round = 50  # GRPO steps in rounds after the first (round 1 uses grpo.num_steps).
+    c.pipeline.final_synthesis = True  # The last round synthesises too (False: stop after its evaluation).
     c.pipeline.eval_num_examples = 0  # Test records in each round's evaluation (0 = the whole split).
     if variant != "demo":
         c.pipeline.sft_lr = 0.0

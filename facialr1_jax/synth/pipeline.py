@@ -13,7 +13,8 @@
     W/round-2/grpo, eval, synth   as in round 1
     W/rounds.json, rounds.md, rounds.png   one row per round: data, test metrics, synthesis yield
 
-The round's model is its GRPO run (or pipeline.initial_checkpoint for round 1). Synthesis in round r
+The last round synthesises too (its records are the loop's output) unless pipeline.final_synthesis
+is False. The round's model is its GRPO run (or pipeline.initial_checkpoint for round 1). Synthesis in round r
 skips the records accepted in earlier rounds (their ids are in the round's SFT set, passed as
 `synth.known_jsonl`), so each round adds new records and the SFT set only grows.
 
@@ -261,8 +262,13 @@ def run_round(config: Any, workdir: str, round_number: int, stages: Stages, file
         row["sft_records"] = row["sft"].get("train_records")
     row["model"] = model
     row["eval"] = steps.run("eval", lambda: stages.evaluate(config, model, os.path.join(folder, "eval")))
-    row["synthesis"] = steps.run("synth", lambda: stages.synth(
-        synth_config(config, round_number, model, train_file), os.path.join(folder, "synth")), _synthesis_summary)
+    last = round_number == int(config.pipeline.rounds)
+    if last and not bool(config.pipeline.final_synthesis):
+        row["synthesis"] = None
+    else:
+        row["synthesis"] = steps.run("synth", lambda: stages.synth(
+            synth_config(config, round_number, model, train_file), os.path.join(folder, "synth")),
+            _synthesis_summary)
     write_json_atomic(os.path.join(folder, ROUND_FILE), row)
     return row
 

@@ -185,3 +185,13 @@ def test_initial_checkpoint_replaces_round_one_training(tmp_path):
     assert fake.of("synth", 1)[0].synth.checkpoint == "/models/grpo-demo"
     assert fake.of("sft", 2)[0].model.checkpoint == "/models/grpo-demo"
     assert result["rounds"][0]["sft_records"] is None
+
+
+def test_final_synthesis_can_be_skipped(tmp_path):
+    config = _config(tmp_path, rounds=2, final_synthesis=False)
+    fake = FakeStages()
+    result = pipeline.run_pipeline(config, str(tmp_path / "run"), stages=fake.stages())
+    assert len(fake.of("synth", 1)) == 1 and fake.of("synth", 2) == []
+    assert fake.of("eval", 2) == [str(tmp_path / "run" / "round-2" / "grpo")]
+    assert result["rounds"][1]["synthesis"] is None
+    assert "| 2 | " in (tmp_path / "run" / "rounds.md").read_text()

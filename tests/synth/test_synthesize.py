@@ -231,3 +231,22 @@ def test_yield_report(tmp_path):
     assert "| 3 | 5 | 15 | 75.0% |" in markdown
     with Image.open(tmp_path / "synth_yield.png") as image:
         assert image.size[0] > 500 and image.size[1] > 400
+
+
+def test_reverify_reads_the_settings_and_finds_tampering(tmp_path):
+    from facialr1_jax.fea.records import write_jsonl
+    from facialr1_jax.synth.verify import reverify
+
+    records = scripted.make_records(8)
+    _run(tmp_path, scripted.ScriptedSource(plan), records, _settings(dedup_descriptions=True))
+    report = reverify(str(tmp_path))
+    assert report.ok and (report.accepted, report.rejected) == (6, 2)
+
+    path = shard_files(tmp_path, "accepted")[0]
+    kept = list(read_jsonl(path).records)
+    broken = kept[0].replace(description=kept[0].description.replace("</answer>", ""))
+    write_jsonl([broken, *kept[1:], kept[1].replace(id="copy")], path)
+    report = reverify(str(tmp_path))
+    assert not report.ok
+    assert any(line.startswith(f"{broken.id}: ") and "answer" in line for line in report.failures)
+    assert any(line.startswith("copy: same description as") for line in report.failures)
