@@ -344,10 +344,41 @@ def write_rounds_report(workdir: str, rows: list[dict], *, plot: bool = True) ->
 
 
 # ---------------------------------------------------------------------------------- the entry
+_PIPELINE_RULES = {
+    "rounds": (lambda v: v >= 1, ">= 1"),
+    "sft_steps_per_round": (lambda v: v >= 1, ">= 1"),
+    "grpo_steps_per_round": (lambda v: v >= 0, ">= 0"),
+    "sft_lr": (lambda v: v >= 0, ">= 0 (0 = warm_start's learning rate)"),
+    "eval_num_examples": (lambda v: v >= 0, ">= 0 (0 = the whole test split)"),
+}
+
+
+def check_config(config: Any) -> None:
+    """Raises ConfigError for a pipeline knob or a synth setting that would only fail rounds later."""
+    from facialr1_jax.synth.settings import SynthSettings
+
+    for name, (rule, wording) in _PIPELINE_RULES.items():
+        value = config.pipeline[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not rule(value):
+            raise ConfigError(f"config.pipeline.{name} = {value!r} must be {wording}")
+    SynthSettings.from_config(config)
+    if config.data.source not in ("builtin", "jsonl"):
+        raise ConfigError(f"the pipeline reads its data as JSONL files: data.source must be builtin or jsonl, "
+                          f"not {config.data.source!r}")
+    if config.pipeline.initial_checkpoint:
+        from facialr1_jax.train.checkpoint import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(config.pipeline.initial_checkpoint)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"config.pipeline.initial_checkpoint: {error}") from None
+
+
 def run_pipeline(config: Any, workdir: str, *, stages: Stages | None = None) -> dict:
     """Runs (or resumes) every round into `workdir`; returns {"rounds": rows, "files": report paths}."""
     import jax
 
+    check_config(config)
     stages = stages or Stages.default()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)

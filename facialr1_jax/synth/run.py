@@ -185,8 +185,6 @@ class _Progress:
         self.total = total
         self.done_before = already_done
         self.start = time.perf_counter()
-        self.accepted = 0
-        self.annotated = 0
 
     def update(self, done: int, fields: dict[str, str]) -> None:
         if self.bar is None:

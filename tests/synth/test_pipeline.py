@@ -177,14 +177,40 @@ def test_stage_that_stops_early_stops_the_pipeline(tmp_path):
 
 
 def test_initial_checkpoint_replaces_round_one_training(tmp_path):
-    config = _config(tmp_path, rounds=2, initial_checkpoint="/models/grpo-demo")
+    model = tmp_path / "hf-model"  # what resolve_checkpoint takes for a Hugging Face folder
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    config = _config(tmp_path, rounds=2, initial_checkpoint=str(model))
     fake = FakeStages()
     result = pipeline.run_pipeline(config, str(tmp_path / "run"), stages=fake.stages())
     assert fake.of("sft", 1) == [] and fake.of("grpo", 1) == []
-    assert fake.of("eval", 1) == ["/models/grpo-demo"]
-    assert fake.of("synth", 1)[0].synth.checkpoint == "/models/grpo-demo"
-    assert fake.of("sft", 2)[0].model.checkpoint == "/models/grpo-demo"
+    assert fake.of("eval", 1) == [str(model)]
+    assert fake.of("synth", 1)[0].synth.checkpoint == str(model)
+    assert fake.of("sft", 2)[0].model.checkpoint == str(model)
     assert result["rounds"][0]["sft_records"] is None
+
+
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("pipeline", "sft_steps_per_round", 0, "config.pipeline.sft_steps_per_round = 0 must be >= 1"),
+        ("pipeline", "sft_lr", -1.0, "config.pipeline.sft_lr = -1.0 must be >= 0"),
+        ("pipeline", "initial_checkpoint", "/no/such/model", "config.pipeline.initial_checkpoint: checkpoint path"),
+        ("synth", "check_aus", "most", "config.synth.check_aus = 'most' is not one of exact, f1, off"),
+        ("data", "source", "tfds", "data.source must be builtin or jsonl"),
+    ],
+)
+def test_bad_settings_fail_before_any_stage_runs(tmp_path, section, key, value, message):
+    from facialr1_jax.config_validation import ConfigError
+
+    config = _config(tmp_path)
+    config[section][key] = value
+    fake = FakeStages()
+    with pytest.raises(ConfigError) as info:
+        pipeline.run_pipeline(config, str(tmp_path / "run"), stages=fake.stages())
+    assert message in str(info.value)
+    assert fake.calls == []
 
 
 def test_final_synthesis_can_be_skipped(tmp_path):
