@@ -17,7 +17,9 @@ import random
 import numpy as np
 import pytest
 
+from facialr1_jax.fea import answers as oracle
 from facialr1_jax.fea.emotions import EMOTIONS
+from facialr1_jax.rewards import decode_completion, encode_ground_truth
 
 # Labels beyond the eight nouns: other case, a synonym, a two-word key, an unknown word, a label
 # with a leading space (never matches exactly), punctuation.
@@ -172,21 +174,79 @@ def bundled_tokenizer():
     return load_tokenizer()
 
 
+@pytest.fixture(scope="session")
+def bundled_reward_fns(bundled_tokenizer):
+    """Reward functions on the bundled tokenizer over LABELS, built once per accuracy mode (the
+    oracle comparison and the fuzz test share them, and with them their compiled code)."""
+    from facialr1_jax.rewards import make_reward_fn
+
+    cache = {}
+
+    def get(accuracy_mode: str):
+        if accuracy_mode not in cache:
+            cache[accuracy_mode] = make_reward_fn(bundled_tokenizer, LABELS, accuracy_mode=accuracy_mode)
+        return cache[accuracy_mode]
+
+    return get
+
+
 @pytest.fixture
 def corpus():
     return CompletionCorpus
 
 
-def pad_batch(sequences, rows: int, width: int):
-    """[rows, width] ids and mask from token id lists (each at most `width` long)."""
-    ids = np.zeros((rows, width), np.int32)
-    mask = np.zeros((rows, width), bool)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = sequence
-        mask[row, : len(sequence)] = True
-    return ids, mask
+# --------------------------------------------------------------------------- oracle comparison
+ROWS, WIDTH = 1024, 128  # one compiled shape for every oracle comparison
+FLOAT_TOLERANCE = 1e-6
+
+
+def _oracle_scores(text, label, aus, accuracy_mode, au_mode):
+    scores = oracle.total_reward(text, label, aus, accuracy_mode=accuracy_mode, au_mode=au_mode)
+    predicted = oracle.reward_aus(text)
+    truth = oracle.ground_truth_aus(aus)
+    return scores, len(predicted), len(predicted & truth)
+
+
+def compare_with_oracle(reward_fn, tokenizer, id_lists, labels, aus, masks=None):
+    """Scores id lists in fixed-shape batches; returns a list of mismatch descriptions."""
+    settings = reward_fn.settings
+    problems = []
+    for start in range(0, len(id_lists), ROWS):
+        chunk = id_lists[start : start + ROWS]
+        ids = np.zeros((ROWS, WIDTH), np.int32)
+        mask = np.zeros((ROWS, WIDTH), bool)
+        for row, sequence in enumerate(chunk):
+            ids[row, : len(sequence)] = sequence
+            mask[row] = np.arange(WIDTH) < len(sequence) if masks is None else masks[start + row]
+        label_ids = np.full(ROWS, -1, np.int32)
+        label_ids[: len(chunk)] = [reward_fn.label_id(label) for label in labels[start : start + len(chunk)]]
+        truth = np.zeros((ROWS, 100), bool)
+        truth[: len(chunk)] = encode_ground_truth(aus[start : start + len(chunk)])
+        result = {k: np.asarray(v) for k, v in reward_fn(ids, mask, label_ids, truth).items()}
+        for row in range(len(chunk)):
+            text = decode_completion(tokenizer, ids[row], mask[row])
+            label, truth_aus = labels[start + row], aus[start + row]
+            expected, predicted, matched = _oracle_scores(
+                text, label, truth_aus, settings.accuracy_mode, settings.au_mode
+            )
+            got = {name: float(result[name][row]) for name in expected}
+            ok = (
+                got["format"] == expected["format"]
+                and got["accuracy"] == expected["accuracy"]
+                and int(result["au_predicted"][row]) == predicted
+                and int(result["au_matched"][row]) == matched
+                and abs(got["au"] - expected["au"]) <= FLOAT_TOLERANCE
+                and abs(got["total"] - expected["total"]) <= 10 * FLOAT_TOLERANCE
+            )
+            if not ok:
+                problems.append(
+                    f"text={text!r} label={label!r} aus={truth_aus} expected={expected} |P|={predicted} "
+                    f"|P&T|={matched} got={got} |P|={result['au_predicted'][row]} |P&T|={result['au_matched'][row]}"
+                )
+    return problems
 
 
 @pytest.fixture
-def padder():
-    return pad_batch
+def oracle_check():
+    """compare_with_oracle(reward_fn, tokenizer, id_lists, labels, aus, masks=None) -> mismatches."""
+    return compare_with_oracle

@@ -12,57 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facialr1_jax.fea import answers as oracle
-from facialr1_jax.rewards import decode_completion, encode_ground_truth, make_reward_fn
+from facialr1_jax.rewards import make_reward_fn
 
-ROWS, WIDTH = 1024, 128
-FLOAT_TOLERANCE = 1e-6
-
-
-def _oracle_scores(text, label, aus, accuracy_mode, au_mode):
-    scores = oracle.total_reward(text, label, aus, accuracy_mode=accuracy_mode, au_mode=au_mode)
-    predicted = oracle.reward_aus(text)
-    truth = oracle.ground_truth_aus(aus)
-    return scores, len(predicted), len(predicted & truth)
-
-
-def compare_with_oracle(reward_fn, tokenizer, id_lists, labels, aus, masks=None):
-    """Scores id lists in fixed-shape batches; returns a list of mismatch descriptions."""
-    settings = reward_fn.settings
-    problems = []
-    for start in range(0, len(id_lists), ROWS):
-        chunk = id_lists[start : start + ROWS]
-        ids = np.zeros((ROWS, WIDTH), np.int32)
-        mask = np.zeros((ROWS, WIDTH), bool)
-        for row, sequence in enumerate(chunk):
-            ids[row, : len(sequence)] = sequence
-            mask[row] = np.arange(WIDTH) < len(sequence) if masks is None else masks[start + row]
-        label_ids = np.full(ROWS, -1, np.int32)
-        label_ids[: len(chunk)] = [reward_fn.label_id(label) for label in labels[start : start + len(chunk)]]
-        truth = np.zeros((ROWS, 100), bool)
-        truth[: len(chunk)] = encode_ground_truth(aus[start : start + len(chunk)])
-        result = {k: np.asarray(v) for k, v in reward_fn(ids, mask, label_ids, truth).items()}
-        for row in range(len(chunk)):
-            text = decode_completion(tokenizer, ids[row], mask[row])
-            label, truth_aus = labels[start + row], aus[start + row]
-            expected, predicted, matched = _oracle_scores(
-                text, label, truth_aus, settings.accuracy_mode, settings.au_mode
-            )
-            got = {name: float(result[name][row]) for name in expected}
-            ok = (
-                got["format"] == expected["format"]
-                and got["accuracy"] == expected["accuracy"]
-                and int(result["au_predicted"][row]) == predicted
-                and int(result["au_matched"][row]) == matched
-                and abs(got["au"] - expected["au"]) <= FLOAT_TOLERANCE
-                and abs(got["total"] - expected["total"]) <= 10 * FLOAT_TOLERANCE
-            )
-            if not ok:
-                problems.append(
-                    f"text={text!r} label={label!r} aus={truth_aus} expected={expected} |P|={predicted} "
-                    f"|P&T|={matched} got={got} |P|={result['au_predicted'][row]} |P&T|={result['au_matched'][row]}"
-                )
-    return problems
+WIDTH = 128
 
 
 def _encode(tokenizer, triples):
@@ -71,16 +23,16 @@ def _encode(tokenizer, triples):
 
 
 @pytest.mark.parametrize("accuracy_mode, count", [("normalized", 10_000), ("exact", 4_000)])
-def test_completions_match_the_oracle(bundled_tokenizer, corpus, accuracy_mode, count):
+def test_completions_match_the_oracle(bundled_tokenizer, bundled_reward_fns, corpus, oracle_check, accuracy_mode, count):
     """10,000 completions in the default mode, 4,000 more in the reference code's exact mode."""
     triples = corpus(seed={"normalized": 10, "exact": 11}[accuracy_mode]).triples(count)
-    reward_fn = make_reward_fn(bundled_tokenizer, corpus.LABELS, accuracy_mode=accuracy_mode)
+    reward_fn = bundled_reward_fns(accuracy_mode)
     id_lists, labels, aus = _encode(bundled_tokenizer, triples)
-    problems = compare_with_oracle(reward_fn, bundled_tokenizer, id_lists, labels, aus)
+    problems = oracle_check(reward_fn, bundled_tokenizer, id_lists, labels, aus)
     assert not problems, f"{len(problems)} mismatches, first ones:\n" + "\n".join(problems[:5])
 
 
-def test_trained_tokenizer_f1_mode_and_raw_token_ids(trained_tokenizer, corpus):
+def test_trained_tokenizer_f1_mode_and_raw_token_ids(trained_tokenizer, corpus, oracle_check):
     """A second tokenizer (digit runs kept whole, so "120" is one token; an added token outside
     the byte alphabet) with the paper's F1 form, on encoded texts and on random id sequences:
     invalid UTF-8 split across tokens, special tokens anywhere, masked gaps."""
@@ -106,5 +58,5 @@ def test_trained_tokenizer_f1_mode_and_raw_token_ids(trained_tokenizer, corpus):
     all_labels = labels + [corpus(seed=14).label() for _ in random_lists]
     all_aus = aus + [corpus(seed=15).truth() for _ in random_lists]
     masks = [np.arange(WIDTH) < len(s) for s in id_lists] + random_masks
-    problems = compare_with_oracle(reward_fn, trained_tokenizer, all_ids, all_labels, all_aus, masks)
+    problems = oracle_check(reward_fn, trained_tokenizer, all_ids, all_labels, all_aus, masks)
     assert not problems, f"{len(problems)} mismatches, first ones:\n" + "\n".join(problems[:5])
