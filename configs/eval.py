@@ -40,11 +40,16 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c = base.get_base_config()
     c.stage = "eval"
     c.eval = ml_collections.ConfigDict()
-    c.eval.checkpoint = ""  # A checkpoint step folder, a training workdir (its latest checkpoint) or a Hugging Face folder; "" = model.checkpoint.
-    c.eval.use_checkpoint_encoding = True  # Encode prompts as the checkpoint's training run did (its data section: prompt variant, pixels); False = this config's data section.
+    # A training workdir (its latest checkpoint), a checkpoint step folder or a Hugging Face folder;
+    # "" = model.checkpoint. launch/eval.py --checkpoint=... sets it.
+    c.eval.checkpoint = ""
+    # Encode prompts as the checkpoint's training run did (the data section it recorded: prompt
+    # variant, image pixels, prompt length); False, or a Hugging Face folder = this config's data section.
+    c.eval.use_checkpoint_encoding = True
     c.eval.batch_size = 32  # Prompts per generation batch (the last batch is padded to the same shape).
     c.eval.max_new_tokens = 256  # Greedy generation length (the reference uses 1024).
-    c.eval.normalize_emotions = True  # Compare answers through the label normaliser ("Happy." = happiness); False = exact string match.
+    # Compare answers through the label normaliser ("Happy." counts as happiness); False = exact match.
+    c.eval.normalize_emotions = True
     c.eval.rouge = True  # ROUGE-L F against the reference descriptions (where records have them).
     c.eval.plots = True  # Write a confusion-matrix PNG per benchmark with emotion labels.
     c.eval.write_predictions = True  # Write every output and its scores to WORKDIR/predictions-<benchmark>.jsonl.

@@ -43,7 +43,8 @@ def test_paper_config_runs_only_the_benchmarks_given(tmp_path):
         (lambda c, d: setattr(c.benchmarks.rafdb, "profile", "CK+"), "rafdb.profile: unknown dataset 'CK\\+'"),
         (lambda c, d: setattr(c.benchmarks.disfa, "max_examples", -1), "disfa.max_examples = -1 must be >= 0"),
         (lambda c, d: setattr(c.eval, "checkpoint", ""), "no model to evaluate"),
-        (lambda c, d: setattr(c.eval, "checkpoint", str(d / "absent")), "config.eval.checkpoint = .*absent.* does not exist"),
+        (lambda c, d: setattr(c.eval, "checkpoint", str(d / "absent")),
+         "config.eval.checkpoint = .*absent.* does not exist"),
     ],
 )
 def test_bad_eval_configs_name_the_key(tmp_path, change, message):

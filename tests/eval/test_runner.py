@@ -1,7 +1,6 @@
 """The evaluation stage end to end on the built-in test split, and `evaluate_records`' plumbing."""
 
 import json
-import os
 
 import numpy as np
 import pytest
