@@ -43,6 +43,9 @@ from facialr1_jax.sampling.batch import PromptBatch
 from facialr1_jax.sampling.samplers import SamplingConfig, choose_tokens, row_keys, step_keys
 
 
+ROW_AXES = ("batch", None)  # per-row (R, ...) arrays: rows over the batch mesh axes
+
+
 @struct.dataclass
 class GenerationOutput:
     """What `generate` returns; R = batch * num_samples rows ordered [prompt0 x G, prompt1 x G, ...].
@@ -228,15 +231,16 @@ class Engine:
 
         cache = KVCache(keys=tuple(constrain(fan(k), CACHE_AXES) for k in cache.keys),
                         values=tuple(constrain(fan(v), CACHE_AXES) for v in cache.values))
-        logits = fan(logits)
+        # Rows split over the batch mesh axes for sampling (each device draws for its own rows).
+        logits = constrain(fan(logits), ROW_AXES)
         rows = prompts * fan_out
         keys = row_keys(rng, rows)
         vocab = logits.shape[-1]
         state = DecodeState(
             cache=cache,
-            tokens=jnp.full((rows, new_tokens), settings.pad_token_id, jnp.int32),
-            log_probs=jnp.zeros((rows, new_tokens), jnp.float32),
-            policy_log_probs=jnp.zeros((rows, new_tokens), jnp.float32),
+            tokens=constrain(jnp.full((rows, new_tokens), settings.pad_token_id, jnp.int32), ROW_AXES),
+            log_probs=constrain(jnp.zeros((rows, new_tokens), jnp.float32), ROW_AXES),
+            policy_log_probs=constrain(jnp.zeros((rows, new_tokens), jnp.float32), ROW_AXES),
             logits=jnp.zeros((rows, new_tokens, vocab), jnp.float32) if settings.return_logits else None,
             lengths=jnp.zeros((rows,), jnp.int32),
             done=~fan(real_prompts),  # filler rows count as stopped, so they never hold the loop up
@@ -270,7 +274,7 @@ class Engine:
             positions = decode_position_ids(s.prompt_tokens + step - 1, s.rope_deltas)
             hidden, cache = model.forward_embeds(model.embed(previous), positions, slot_mask, s.cache, slot,
                                                  return_hidden=True)
-            logits = model.logits(hidden[:, 0])
+            logits = constrain(model.logits(hidden[:, 0]), ROW_AXES)
             tokens, log_probs, policy_log_probs = choose_tokens(logits, step_keys(s.keys, step), settings.sampling,
                                                                 s.suppressed_token_ids)
             return _record(s.replace(cache=cache), step, tokens, log_probs, policy_log_probs, logits, settings)
