@@ -16,8 +16,9 @@ With the digit count, the blocks spell out every digit string of up to 26 digits
 of such mentions are equal iff the strings are. Longer digit runs fall back to a position-keyed
 hash: two different runs of 27+ digits could share a key with probability about 2**-32.
 
-Because a key is a sum of per-digit terms, the key of a mention that spans several tokens is a
-segmented sum over those tokens (`rewards.scan` computes it in parallel, after the scan).
+Most mentions are short, and the scan carries them in a one-word short form instead
+(`pack_short`: 10**len + value, exact up to 9 digits); full keys are computed only when a batch
+holds a longer mention.
 
 A mention is canonical when its digits are the decimal form of a number below the AU cap (no
 leading zero, or the single digit "0"): exactly the strings a ground-truth AU "AU<n>" can equal.

@@ -2,22 +2,23 @@
 
 The carry holds, per completion row: the UTF-8 sequence left open by the previous tokens; the
 state of each reward automaton (format, answer tags, whole-text prediction, think/AU); the last
-outcome the answer automaton emitted; the AU mention being read (length and key blocks,
-`au_keys`). A step:
+outcome the answer automaton emitted; the AU mention being read (digit count and value). A step:
 
   1. feeds the token's head bytes (leading continuation bytes) to the open UTF-8 sequence; this
      yields at most a completed character and then one U+FFFD (a run of U+FFFD acts like one:
      `build_scan_tables` checks this for every automaton). Most tokens have no head and most
      steps need none of this, so on CPU it sits behind a batch-wide `lax.cond`;
   2. applies the token's precomputed effect on its rest (`tables.TokenTable`), and its AU
-     program (`tables.AUProgram`): lead digits extend the held mention, an END emits it, inner
-     mentions are emitted as they are, the tail becomes the held mention;
+     program (`tables.AUProgram`): lead digits extend the held mention, an END completes it,
+     inner mentions complete as they are, the tail becomes the held mention;
   3. opens the token's unfinished tail sequence, if any.
 
-AU mentions are emitted as keys; after the scan, canonical ones ("AU" + a number below the cap)
-go into a multi-hot over AU numbers and the others are de-duplicated by sorting (set semantics:
-"AU01" twice counts once). Shapes depend only on [B, T], so one compile serves all batches of a
-shape.
+Completed AU mentions leave the scan in a one-word short form (`au_keys.pack_short`). After the
+scan (`analyse`) the canonical ones ("AU" + a number below the cap) are OR-ed into bit words and
+compared with the ground truth; the others ("AU01", "AU120") are counted once each by repeated
+max-extraction, or by sorting when a row holds many. A mention of 10 or more digits does not fit
+the short form: then a small AU-only scan over the recorded think trace recomputes exact keys
+(`au_keys`). Shapes depend only on [B, T], so one compile serves all batches of a shape.
 """
 
 from __future__ import annotations
@@ -128,10 +129,7 @@ def build_scan_tables(
 
 def _check_no_digit_outside_ascii(alphabet: Alphabet, think_machine: automata.Machine) -> None:
     """Head characters are always multi-byte (or U+FFFD); the scan only handles END for them."""
-    ascii_classes = set(alphabet.class_of[:128].tolist())
-    for class_id in range(alphabet.num_classes):
-        if class_id in ascii_classes:
-            continue
+    for class_id in np.unique(alphabet.class_of[128:]):
         if np.any(think_machine.output[:, class_id] >= machines.OP_DIGIT0):
             raise AssertionError(f"non-ASCII class {alphabet.classes[class_id]} appends an AU digit")
 
@@ -192,14 +190,14 @@ def _head_characters(t: ScanTables, open_sequence, head_count, head_bytes, has_r
 
 
 def _cond_on_cpu(predicate, true_fn, false_fn, operand):
-    """lax.cond on CPU, where skipping work pays; elsewhere always `true_fn` (predicated), since a
-    data-dependent branch inside a loop costs a device-host round trip on GPUs."""
+    """lax.cond on CPU, where skipping rarely needed work pays. Elsewhere always `true_fn` (it is
+    correct whatever the predicate): a data-dependent branch in a device loop may need the
+    predicate on the host every step, which costs more there than the predicated work."""
     return jax.lax.platform_dependent(
         operand,
         cpu=lambda op: jax.lax.cond(predicate, true_fn, false_fn, op),
         default=true_fn,
     )
-
 
 
 def _au_step_short(program: AUProgramArrays, fields, head_end, held):
