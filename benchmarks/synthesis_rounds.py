@@ -66,13 +66,14 @@ def summarize(workdir: str, min_accepted: int) -> dict:
 def main(argv):
     del argv
     workdir = os.path.abspath(_WORKDIR.value)
+    status = "verify_only"
     if not _VERIFY_ONLY.value:
         from facialr1_jax import config_validation
         from facialr1_jax.synth.pipeline import run_pipeline
 
         config_validation.validate(_CONFIG.value)
-        run_pipeline(_CONFIG.value, workdir)
-    summary = summarize(workdir, _MIN_ACCEPTED.value)
+        status = run_pipeline(_CONFIG.value, workdir)["status"]
+    summary = {"pipeline_status": status, **summarize(workdir, _MIN_ACCEPTED.value)}
     print(json.dumps(summary))
     return 0 if all(summary["criteria"].values()) else 1
 

@@ -200,6 +200,15 @@ def synth_config(config: Any, round_number: int, model: str, known: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------ a round
+class StageStopped(RuntimeError):
+    """A stage returned before finishing (e.g. SIGTERM: it saved a checkpoint); rerun to resume."""
+
+    def __init__(self, step: str, status: str):
+        self.step = step
+        self.status = status
+        super().__init__(f"pipeline step {step} stopped early ({status}); run the pipeline again to resume it")
+
+
 class RoundSteps:
     """The finished steps of one round (W/round-r/steps.json), each with its result summary."""
 
@@ -217,7 +226,7 @@ class RoundSteps:
         result = function()
         status = result.get("status", "completed") if isinstance(result, dict) else "completed"
         if status != "completed":
-            raise RuntimeError(f"pipeline step {name} stopped early ({status}); run the pipeline again to resume it")
+            raise StageStopped(name, status)
         self.done[name] = keep(result)
         write_json_atomic(self.path, self.done)
         return self.done[name]
@@ -375,7 +384,11 @@ def check_config(config: Any) -> None:
 
 
 def run_pipeline(config: Any, workdir: str, *, stages: Stages | None = None) -> dict:
-    """Runs (or resumes) every round into `workdir`; returns {"rounds": rows, "files": report paths}."""
+    """Runs (or resumes) every round into `workdir`; returns {"status", "rounds": rows, "files": report paths}.
+
+    A stage that stops early (SIGTERM: it checkpoints and returns) ends the pipeline with that
+    status ("preempted") and the round and step it stopped in; running it again resumes there.
+    """
     import jax
 
     check_config(config)
@@ -394,7 +407,12 @@ def run_pipeline(config: Any, workdir: str, *, stages: Stages | None = None) -> 
             _log.info("pipeline: round %d already finished", round_number)
         else:
             print(f"pipeline: round {round_number} of {config.pipeline.rounds}", flush=True)
-            row = run_round(config, workdir, round_number, stages, files, previous_model)
+            try:
+                row = run_round(config, workdir, round_number, stages, files, previous_model)
+            except StageStopped as stopped:
+                print(f"pipeline: {stopped}", flush=True)
+                return {"status": stopped.status, "round": round_number, "step": stopped.step, "rounds": rows,
+                        "files": report}
         rows.append(row)
         previous_model = row["model"]
         if jax.process_index() == 0:
