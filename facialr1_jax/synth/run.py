@@ -209,6 +209,16 @@ class SynthesisInputs:
     images: Callable[[int], Sequence[Any]]
 
 
+def _take_finished_blocks(store: ShardStore, records: Sequence[FEARecord], shard_size: int, taken: Taken) -> None:
+    """Adds to `taken` what an uninterrupted run would have taken by the first unfinished block:
+    every input id of the finished blocks, and the descriptions they accepted."""
+    for block in sorted(store.blocks):
+        for index in range(block * shard_size, min((block + 1) * shard_size, len(records))):
+            taken.ids.add(records[index].id)
+        for record in store.read_block(block)[0]:
+            taken.add(record)
+
+
 def synthesize(inputs: SynthesisInputs, *, generate: CandidateSource, encoder: PromptEncoder, settings: SynthSettings,
                workdir: str, model_fingerprint: dict[str, Any], provenance: dict[str, Any], taken: Taken,
                progress: bool = False, is_main: bool = True, write_report: bool = True,
@@ -234,14 +244,7 @@ def synthesize(inputs: SynthesisInputs, *, generate: CandidateSource, encoder: P
     checker = checks_lib.AnswerChecker.from_settings(settings)
     variant = encoder.encoding.prompt_variant
     dedup = taken if settings.dedup_descriptions else None
-    for block in sorted(store.blocks):
-        # What an uninterrupted run would have taken by now: every input id of the finished
-        # blocks, and the descriptions they accepted.
-        for index in range(block * settings.shard_size, min((block + 1) * settings.shard_size, len(records))):
-            taken.ids.add(records[index].id)
-        for record in store.read_block(block)[0]:
-            taken.add(record)
-
+    _take_finished_blocks(store, records, settings.shard_size, taken)
     done_before = sum(min(settings.shard_size, len(records) - b * settings.shard_size) for b in store.blocks)
     if store.blocks:
         _log.info("synthesis: resuming in %s with %d of %d blocks done", workdir, len(store.blocks), num_blocks)

@@ -127,7 +127,8 @@ def test_format_rule_can_be_relaxed():
 def test_hedge_words_whole_words_only():
     record = _record(aus=("AU9",), label="disgust")
     checker = _checker(ban_hedges=True)
-    clean = "<think>The nose wrinkles (AU9), another sign of distaste; nothing else moves.</think><answer>disgust</answer>"
+    clean = ("<think>The nose wrinkles (AU9), another sign of distaste; nothing else moves.</think>"
+             "<answer>disgust</answer>")
     assert checker.check(clean, record).passed  # "nose", "another", "nothing" hold no banned word
     for hedge in ("not", "No", "maybe", "without", "Perhaps"):
         text = f"<think>The nose wrinkles (AU9), {hedge} a smile.</think><answer>disgust</answer>"

@@ -172,7 +172,8 @@ def test_duplicate_descriptions_are_retried_and_known_ids_skipped(tmp_path):
     assert attempts["rec-000"] == 1 and attempts["twin-000"] == 2
     texts = [checks.description_key(r.description) for r in accepted]
     assert len(texts) == len(set(texts))
-    retry = [text for (_, _, attempt, _), rows in source.calls for rid, text in rows if rid == "twin-000" and attempt == 2]
+    retry = [text for (_, _, attempt, _), rows in source.calls for record_id, text in rows
+             if record_id == "twin-000" and attempt == 2]
     assert len(retry) == 1 and "repeats word for word the one already kept for another image (rec-000)" in retry[0]
 
     # Without de-duplication the twin keeps the same text at attempt 1.
