@@ -15,7 +15,8 @@ the reference's, so both generate the same number of tokens).
   loaded with `models.from_pretrained`), one prefill per prompt and the KV cache fanned out;
 * ours, repeated: the same engine fed every prompt G times (num_samples=1), i.e. what fan-out saves.
 
-Same threads on both sides (torch.set_num_threads = the CPU count XLA uses). Compilation and one
+Same threads on both sides: torch.set_num_threads = the CPUs this process may use, which is what XLA
+sizes its pool by (run under `taskset -c 0` for a one-thread comparison). Compilation and one
 short reference call are warm-up, not timed; the sides are then timed in turn, `--repeats` rounds,
 and each side's best run counts (so a machine shared with other jobs slows all sides alike; the
 1-minute load average at the end is printed too).
@@ -66,6 +67,11 @@ def synthetic_prompts(config: models.Qwen2_5_VLConfig, count: int, length: int, 
         patches = rs.randn(int(np.prod(IMAGE_GRID)), config.vision_config.patch_dim).astype(np.float32)
         prompts.append((ids, patches, np.array([IMAGE_GRID])))
     return prompts
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (what XLA sizes its thread pool by; `taskset` narrows it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def best_of(repeats: int, run) -> float:
@@ -139,7 +145,7 @@ def main(argv=None) -> dict:
     tokens_generated = args.prompts * args.samples * args.new_tokens
     results: dict = {"preset": args.preset, "prompts": args.prompts, "samples": args.samples,
                      "new_tokens": args.new_tokens, "prompt_length": args.prompt_length,
-                     "device": jax.devices()[0].device_kind, "xla_threads": os.cpu_count()}
+                     "device": jax.devices()[0].device_kind, "cpus": _usable_cpus()}
 
     with tempfile.TemporaryDirectory() as directory:
         if args.skip_reference:
@@ -147,7 +153,7 @@ def main(argv=None) -> dict:
         else:
             import torch
 
-            torch.set_num_threads(os.cpu_count())
+            torch.set_num_threads(_usable_cpus())
             results["torch_threads"] = torch.get_num_threads()
             from transformers import Qwen2_5_VLConfig as HFConfig
             from transformers import Qwen2_5_VLForConditionalGeneration

@@ -210,3 +210,20 @@ def test_bad_inputs_are_reported(tiny_model, tiny_config, prompts):
         generate(tiny_model, batch.replace(pixel_values=None, plan=None), max_new_tokens=2, temperature=0.0)
     with pytest.raises(KeyError, match="collate_prompts"):
         generate(tiny_model, {"input_ids": batch.input_ids}, max_new_tokens=2, temperature=0.0)
+
+
+def test_stop_token_defaults():
+    from facialr1_jax.models import get_preset
+    from facialr1_jax.sampling import default_stop_token_ids, stop_token_ids_for
+
+    assert default_stop_token_ids(get_preset("qwen2_5_vl_7b")) == (151645,)
+    assert default_stop_token_ids(get_preset("tiny", text_config={"eos_token_id": (2, 5)})) == (2, 5)
+
+    class Tokenizer:  # the two attributes of a Hugging Face tokenizer that are read
+        eos_token_id = 7
+
+        @staticmethod
+        def get_vocab():
+            return {"<|im_end|>": 7, "<|endoftext|>": 9, "hello": 3}
+
+    assert stop_token_ids_for(Tokenizer()) == (7, 9)
