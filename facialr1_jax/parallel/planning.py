@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import errors as flax_errors
 from flax import nnx
 from jax.extend import core as jax_core
 from jax.sharding import Mesh
@@ -385,7 +386,7 @@ class ProgramPlan:
     temp_bytes: int
     program_bytes: int  # argument + output + temp - alias: the program's own peak
     resident_bytes: int  # other arrays alive on the device meanwhile (not arguments of this program)
-    hardware_flops: float  # per execution, per device, from the HLO (loops multiplied out)
+    hardware_flops: float | None  # per execution, per device, from the HLO (loops multiplied out); CPU only
     model_flops: float  # per execution, global, from the forward jaxpr (x3 for a train step)
     xla_cost_analysis_flops: float  # per execution, per device, `cost_analysis()` (loop bodies once)
     collective_bytes: dict[str, float]  # per execution, per device
@@ -411,7 +412,9 @@ def _program_plan(name: str, compiled: Any, seconds: float, *, executions: float
         argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
         alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
         program_bytes=int(program), resident_bytes=int(resident_bytes),
-        hardware_flops=counts.matmul_flops, model_flops=float(model_flops),
+        # Off CPU, matmuls become library calls or convolutions the HLO counter does not read.
+        hardware_flops=counts.matmul_flops if jax.default_backend() == "cpu" else None,
+        model_flops=float(model_flops),
         xla_cost_analysis_flops=float(cost.get("flops", 0.0)) if cost else 0.0,
         collective_bytes=counts.collective_bytes)
 
@@ -440,8 +443,10 @@ class StagePlan:
         return sum(p.model_flops * p.executions_per_step for p in self.programs)
 
     @property
-    def hardware_flops_per_step(self) -> float:
+    def hardware_flops_per_step(self) -> float | None:
         """FLOPs all devices execute in one step (recomputation and replicated work included)."""
+        if any(p.hardware_flops is None for p in self.programs):
+            return None
         return self.num_devices * sum(p.hardware_flops * p.executions_per_step for p in self.programs)
 
     def collective_bytes_per_step(self) -> float:
@@ -454,7 +459,8 @@ class StagePlan:
         out = {"seconds_per_step_at_full_mfu": self.flops_per_step / capacity}
         if step_seconds > 0:
             out["mfu"] = self.flops_per_step / (step_seconds * capacity)
-            out["hfu"] = self.hardware_flops_per_step / (step_seconds * capacity)
+            if self.hardware_flops_per_step is not None:
+                out["hfu"] = self.hardware_flops_per_step / (step_seconds * capacity)
         return out
 
     def to_dict(self, step_seconds: float = 0.0, peak_flops_per_device: float = 0.0) -> dict:
@@ -587,17 +593,14 @@ def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
         shapes={"batch_size": int(config.sft.batch_size), "micro_batches": num_micro, "micro_batch_rows": micro_rows,
                 "sequence_length": int(batch["input_ids"].shape[-1]), "image_grid": list(shape.image_grid),
                 "image_patches_per_micro_batch": int(batch["vision"]["pixel_values"].shape[1]),
-                "dtype": config.model.dtype, "param_dtype": config.model.param_dtype, "remat": bool(config.model.remat)},
+                "dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
+                "remat": bool(config.model.remat)},
         programs=[program], notes=_batch_split_note(micro_rows, mesh, "sft step"))
 
 
 def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     """One GRPO step of `config` on `mesh`: rollout (prefill + decode), the reference (and, with
     mu > 1, old-policy) log-probs, and mu policy updates, as `train.grpo_loop.run_grpo` runs them."""
-    from facialr1_jax.sampling import Engine
-    from facialr1_jax.sampling.batch import PromptBatch
-    from facialr1_jax.sampling.engine import _Settings, batch_bucket, default_stop_token_ids, token_id_array
-    from facialr1_jax.sampling.samplers import SamplingConfig
     from facialr1_jax.train import grpo_loop
     from facialr1_jax.train import step as step_lib
 
@@ -632,43 +635,26 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
 
     # ---- rollout: prefill + decode programs of the engine run_grpo builds (parameters in their
     # training shardings, as run_grpo passes them)
-    engine = Engine(training.model_def.graphdef, model_config, mesh=mesh)
-    prompt_batch = PromptBatch.from_collated(batching.collate_prompts(
-        synthetic_prompts(model_config, shape, prompts), model_config, pad_id=0,
-        max_length=shape.sequence_tokens))
-    padded_prompts = batch_bucket(prompts)
-    prompt_batch = prompt_batch.with_rows(padded_prompts, engine._filler_token_id())
-    placed, real_prompts = engine._place(prompt_batch, np.arange(padded_prompts) < prompts)
-    placed, real_prompts = abstract_like(placed), abstract_like(real_prompts)
-    settings = _Settings(num_samples=num_generations, max_new_tokens=completion,
-                         sampling=SamplingConfig.create(float(g.temperature), int(g.top_k), float(g.top_p), False),
-                         pad_token_id=engine.pad_token_id, cache_dtype=engine.cache_dtype.name, return_logits=False)
-    vocab = model_config.text_config.vocab_size
-    stops = token_id_array(default_stop_token_ids(model_config), "stop_token_ids", vocab)
-    suppressed = token_id_array(engine.placeholder_token_ids, "suppress_token_ids", vocab)
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    params_arg = (training.state.params, training.model_def.frozen)
-    prefill_lowered, prefill, prefill_seconds = _compile(
-        engine._prefill_program, params_arg, placed, real_prompts, rng, stops, suppressed, mesh=mesh,
-        rules=engine.rules, settings=settings)
-    decode_state = abstract_like(prefill_lowered.out_info, prefill.output_shardings)
-    _, decode, decode_seconds = _compile(engine._decode_program, params_arg, decode_state, mesh=mesh,
-                                         rules=engine.rules, settings=settings)
+    rollout, rollout_notes = _compile_rollout(config, model_config, training, mesh, shape)
+    notes.extend(rollout_notes)
+    engine = rollout["engine"]
 
     state_bytes = per_device_bytes(training.state)
     params_bytes = per_device_bytes(training.state.params)
     reference_bytes = params_bytes if beta > 0 else 0
     resident_during_rollout = state_bytes - params_bytes + reference_bytes
+    settings, params_arg = rollout["settings"], rollout["params"]
     prefill_forward = forward_flops(
-        lambda p, b, r, k: engine._prefill(p, b, r, k, stops, suppressed, settings), params_arg,
-        _unsharded(placed), _unsharded(real_prompts), rng)
-    decode_forward = forward_flops(lambda p, s: engine._decode(p, s, settings), params_arg, _unsharded(decode_state),
-                                   unknown_trip_count=completion - 1)
+        lambda p, b, r, k: engine._prefill(p, b, r, k, rollout["stops"], rollout["suppressed"], settings),
+        params_arg, *_unsharded(rollout["prefill_args"]))
+    decode_forward = forward_flops(lambda p, s: engine._decode(p, s, settings), params_arg,
+                                   _unsharded(rollout["decode_state"]), unknown_trip_count=completion - 1)
     programs = [
-        _program_plan("rollout_prefill", prefill, prefill_seconds, executions=1,
+        _program_plan("rollout_prefill", rollout["prefill"], rollout["prefill_seconds"], executions=1,
                       resident_bytes=resident_during_rollout, model_flops=prefill_forward),
-        _program_plan("rollout_decode", decode, decode_seconds, executions=1, resident_bytes=resident_during_rollout,
-                      model_flops=decode_forward, unknown_trip_count=completion - 1, expect_unknown_loops=1),
+        _program_plan("rollout_decode", rollout["decode"], rollout["decode_seconds"], executions=1,
+                      resident_bytes=resident_during_rollout, model_flops=decode_forward,
+                      unknown_trip_count=completion - 1, expect_unknown_loops=1),
     ]
 
     # ---- log-probs of the frozen reference (beta > 0) and of the sampling policy (mu > 1)
@@ -679,9 +665,15 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     log_prob_passes = (1 if beta > 0 else 0) + (1 if mu > 1 else 0)
     if log_prob_passes:
         # run_grpo's own log-prob function, traced under an outer jit so that it lowers from shapes
-        log_prob_fn = grpo_loop.make_log_prob_fn(training.model_def, training.shardings.params, mesh, completion)
-        _, compiled, seconds = _compile(jax.jit(log_prob_fn), training.state.params,
-                                     abstract_like(policy_batch, step_lib.batch_shardings(policy_batch, mesh)))
+        batch_arg = abstract_like(policy_batch, step_lib.batch_shardings(policy_batch, mesh))
+        try:
+            log_prob_fn = grpo_loop.make_log_prob_fn(training.model_def, training.shardings.params, mesh, completion)
+            _, compiled, seconds = _compile(jax.jit(log_prob_fn), training.state.params, batch_arg)
+        except flax_errors.TraceContextError:
+            notes.append(REMAT_NOTE.format(program="policy log-probs"))
+            log_prob_fn = grpo_loop.make_log_prob_fn(_model_def_without_remat(config, model_config),
+                                                     training.shardings.params, mesh, completion)
+            _, compiled, seconds = _compile(jax.jit(log_prob_fn), training.state.params, batch_arg)
         programs.append(_program_plan("policy_log_probs", compiled, seconds, executions=log_prob_passes,
                                       resident_bytes=state_bytes - params_bytes + reference_bytes,
                                       model_flops=forward * num_micro))
@@ -694,8 +686,6 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
                                  mesh=mesh, rules=TRAINING_RULES)
     programs.append(_program_plan("grpo_step", compiled, seconds, executions=mu, resident_bytes=reference_bytes,
                                   model_flops=3.0 * forward * num_micro))
-    if prompts != padded_prompts:
-        notes.append(f"rollout: {prompts} prompts are padded to {padded_prompts} rows by the engine")
     return StagePlan(
         stage="grpo", preset=config.model.preset, mesh=dict(mesh.shape), num_devices=mesh.size,
         num_params=training.num_params, state_bytes=per_device_bytes(training.state),
@@ -707,6 +697,72 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
                 "dtype": config.model.dtype, "param_dtype": config.model.param_dtype, "remat": bool(config.model.remat),
                 "kv_cache_dtype": engine.cache_dtype.name},
         programs=programs, notes=notes)
+
+
+# Forward-only programs inside a loop (the decode while_loop, the per-micro-batch lax.map of the
+# log-prob function) fail to trace with rematerialised layers in the current model (flax raises
+# TraceContextError: the remat'd layer cannot update Params made at another trace level). They
+# need no remat (no backward pass), so the plan then compiles them from the same model built with
+# remat off, which is what a fixed engine / log-prob function would run, and says so.
+REMAT_NOTE = ("{program}: does not trace with remat=True layers (flax TraceContextError in the current "
+              "code); planned with the same model built with remat off, as a fix would run it")
+
+
+def _model_def_without_remat(config: Any, model_config: models.Qwen2_5_VLConfig) -> Any:
+    from facialr1_jax.train import state as state_lib
+
+    abstract_model = nnx.eval_shape(lambda: models.Qwen2_5_VL(
+        model_config, dtype=_DTYPES[config.model.dtype], param_dtype=_DTYPES[config.model.param_dtype], remat=False,
+        rngs=nnx.Rngs(0)))
+    return state_lib.split_model(abstract_model)[0]
+
+
+def _compile_rollout(config: Any, model_config: models.Qwen2_5_VLConfig, training: AbstractTraining, mesh: Mesh,
+                     shape: ExampleShape) -> tuple[dict, list[str]]:
+    """Compiles the engine's prefill and decode for one rollout batch; returns the programs, their
+    abstract arguments and notes. The KV cache is bfloat16, the engine's default on accelerators."""
+    from facialr1_jax.sampling import Engine
+    from facialr1_jax.sampling.batch import PromptBatch
+    from facialr1_jax.sampling.engine import _Settings, batch_bucket, default_stop_token_ids, token_id_array
+    from facialr1_jax.sampling.samplers import SamplingConfig
+
+    g = config.grpo
+    notes = []
+    prompts, completion = int(g.prompts_per_step), int(g.max_new_tokens)
+    graphdef = training.model_def.graphdef
+    engine = Engine(graphdef, model_config, mesh=mesh, cache_dtype=jnp.bfloat16)
+    prompt_batch = PromptBatch.from_collated(batching.collate_prompts(
+        synthetic_prompts(model_config, shape, prompts), model_config, pad_id=0, max_length=shape.sequence_tokens))
+    padded_prompts = batch_bucket(prompts)
+    if padded_prompts != prompts:
+        notes.append(f"rollout: the engine pads {prompts} prompts to {padded_prompts} rows")
+    prompt_batch = prompt_batch.with_rows(padded_prompts, engine._filler_token_id())
+    placed, real_prompts = engine._place(prompt_batch, np.arange(padded_prompts) < prompts)
+    settings = _Settings(num_samples=int(g.num_generations), max_new_tokens=completion,
+                         sampling=SamplingConfig.create(float(g.temperature), int(g.top_k), float(g.top_p), False),
+                         pad_token_id=engine.pad_token_id, cache_dtype=engine.cache_dtype.name, return_logits=False)
+    vocab = model_config.text_config.vocab_size
+    stops = token_id_array(default_stop_token_ids(model_config), "stop_token_ids", vocab)
+    suppressed = token_id_array(engine.placeholder_token_ids, "suppress_token_ids", vocab)
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    params = (training.state.params, training.model_def.frozen)
+    prefill_args = (abstract_like(placed), abstract_like(real_prompts), rng)
+    prefill_lowered, prefill, prefill_seconds = _compile(
+        engine._prefill_program, params, *prefill_args, stops, suppressed, mesh=mesh, rules=engine.rules,
+        settings=settings)
+    decode_state = abstract_like(prefill_lowered.out_info, prefill.output_shardings)
+    try:
+        _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, mesh=mesh,
+                                             rules=engine.rules, settings=settings)
+    except flax_errors.TraceContextError:
+        notes.append(REMAT_NOTE.format(program="rollout decode"))
+        engine = Engine(_model_def_without_remat(config, model_config).graphdef, model_config, mesh=mesh,
+                        cache_dtype=jnp.bfloat16)
+        _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, mesh=mesh,
+                                             rules=engine.rules, settings=settings)
+    return {"engine": engine, "settings": settings, "params": params, "stops": stops, "suppressed": suppressed,
+            "prefill_args": prefill_args, "prefill": prefill, "prefill_seconds": prefill_seconds,
+            "decode_state": decode_state, "decode": decode, "decode_seconds": decode_seconds}, notes
 
 
 def _unsharded(tree: Any) -> Any:
@@ -768,6 +824,10 @@ def format_bytes(count: float) -> str:
     return f"{count / 2**30:.2f} GiB"
 
 
+def _tera(flops: float | None) -> str:
+    return "n/a" if flops is None else f"{flops / 1e12:.2f}"
+
+
 def format_table(plan: RunPlan, step_seconds: float = 0.0, peak_flops_per_device: float = 0.0) -> str:
     """A console table: one row per program, then the stage totals."""
     lines = []
@@ -780,17 +840,18 @@ def format_table(plan: RunPlan, step_seconds: float = 0.0, peak_flops_per_device
         for p in stage.programs:
             lines.append(f"   {p.name:<18} {p.executions_per_step:>6g} {format_bytes(p.program_bytes):>12} "
                          f"{format_bytes(p.resident_bytes):>11} {format_bytes(p.peak_bytes):>11} "
-                         f"{p.hardware_flops / 1e12:>13.2f} {p.model_flops / 1e12:>12.2f} "
+                         f"{_tera(p.hardware_flops):>13} {p.model_flops / 1e12:>12.2f} "
                          f"{sum(p.collective_bytes.values()) / 2**30:>14.2f} {p.compile_seconds:>10.1f}")
         lines.append(f"   per-device peak {format_bytes(stage.per_device_bytes)} (train state "
-                     f"{format_bytes(stage.state_bytes)}); model FLOPs per step "
-                     f"{stage.flops_per_step:.4g}; hardware FLOPs per step {stage.hardware_flops_per_step:.4g}")
+                     f"{format_bytes(stage.state_bytes)}); TFLOPs per step: model {_tera(stage.flops_per_step)}, "
+                     f"hardware {_tera(stage.hardware_flops_per_step)}")
         if peak_flops_per_device > 0:
             u = stage.utilisation(step_seconds, peak_flops_per_device)
-            text = f"   at {peak_flops_per_device / 1e12:g} TFLOP/s per device: {u['seconds_per_step_at_full_mfu']:.3g} s " \
-                   f"per step at 100% MFU"
+            text = (f"   at {peak_flops_per_device / 1e12:g} TFLOP/s per device: "
+                    f"{u['seconds_per_step_at_full_mfu']:.3g} s per step at 100% MFU")
             if "mfu" in u:
-                text += f"; at {step_seconds:g} s per step MFU {u['mfu']:.1%}, HFU {u['hfu']:.1%}"
+                text += f"; at {step_seconds:g} s per step MFU {u['mfu']:.1%}"
+                text += f", HFU {u['hfu']:.1%}" if "hfu" in u else ""
             lines.append(text)
         lines.extend(f"   note: {note}" for note in stage.notes)
     lines.extend(f"caveat: {caveat}" for caveat in CAVEATS)

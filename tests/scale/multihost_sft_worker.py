@@ -51,8 +51,8 @@ def main(workdir: str) -> None:
     model_def, state, shardings = state_lib.create_train_state(model, tx, seed=0, mesh=mesh)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     train_step = step_lib.TrainStep(model_def, sft_loss, tx, schedule, shardings, mesh, rules=TRAINING_RULES)
-    batches = [synthetic_sft_batch(scale_setup.CONFIG, scale_setup.SFT_SHAPE, **scale_setup.SFT_BATCH, seed=seed)
-               for seed in range(4)]
+    batches = [synthetic_sft_batch(scale_setup.CONFIG, scale_setup.MULTIHOST_SFT_SHAPE, **scale_setup.SFT_BATCH,
+                                   seed=seed) for seed in range(4)]
     logger = MetricsLogger(workdir, total_steps=4, enabled=info.is_main, tensorboard=False, progress_bar=False)
 
     program = scale_setup.aot_compile(train_step, state, put_global_batch(batches[0], mesh))

@@ -18,6 +18,9 @@ SFT_BATCH = dict(num_micro_batches=2, micro_batch_size=8, max_length=64)
 PROMPT_SHAPE = ExampleShape(sequence_tokens=24, target_tokens=0, image_grid=(1, 4, 4))
 GRPO_BATCH = dict(num_prompts=4, num_generations=4, completion_tokens=8, num_micro_batches=2)
 MULTIHOST_MESH = {"fsdp": 2}
+# Text only: the multi-host test is about processes, collectives and checkpoints (the vision tower's
+# sharding is covered on 8 devices), and it compiles in three processes at once.
+MULTIHOST_SFT_SHAPE = ExampleShape(sequence_tokens=40, target_tokens=12, image_grid=None)
 MODEL_SEED = 5
 
 

@@ -47,7 +47,8 @@ done
 FAKE_CURL = """#!/usr/bin/env bash
 case "${@: -1}" in
   */agent-worker-number) echo -n "$FAKE_WORKER" ;;
-  */worker-network-endpoints) echo -n "unknown:8470:10.0.0.5,unknown:8470:10.0.0.6,unknown:8470:10.0.0.7,unknown:8470:10.0.0.8" ;;
+  */worker-network-endpoints)
+    echo -n "unknown:8470:10.0.0.5,unknown:8470:10.0.0.6,unknown:8470:10.0.0.7,unknown:8470:10.0.0.8" ;;
   *) exit 22 ;;
 esac
 """
@@ -75,8 +76,8 @@ def fakes(tmp_path):
     for name, text in (("gcloud", FAKE_GCLOUD), ("curl", FAKE_CURL), ("scontrol", FAKE_SCONTROL),
                        ("srun", FAKE_SRUN), ("fake-python", RECORDING_PYTHON)):
         _write_executable(bin_dir / name, text)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD_DIR": str(tmp_path), "PYTHON": str(bin_dir / "fake-python"),
-           "HOME": str(tmp_path)}
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD_DIR": str(tmp_path), "HOME": str(tmp_path),
+           "PYTHON": str(bin_dir / "fake-python")}
     return tmp_path, env
 
 

@@ -56,7 +56,8 @@ def _one_process_reference() -> list[dict]:
                                     rules=TRAINING_RULES)
     rows, compiled = [], None
     for seed in range(4):
-        batch = synthetic_sft_batch(scale_setup.CONFIG, scale_setup.SFT_SHAPE, **scale_setup.SFT_BATCH, seed=seed)
+        batch = synthetic_sft_batch(scale_setup.CONFIG, scale_setup.MULTIHOST_SFT_SHAPE, **scale_setup.SFT_BATCH,
+                                    seed=seed)
         batch = step_lib.put_batch(batch, step_lib.batch_shardings(batch, mesh))
         compiled = compiled or scale_setup.aot_compile(train_step, state, batch)
         state, metrics = compiled(state, batch)
