@@ -114,7 +114,9 @@ def test_only_tokens_with_weight_are_drawn():
     @jax.jit
     def draw(key):
         keys = row_keys(key, draws * 3)
-        return sample_tokens(jnp.repeat(jnp.asarray(logits), draws, axis=0), keys).reshape(3, draws)
+        tokens, log_probs = sample_tokens(jnp.repeat(jnp.asarray(logits), draws, axis=0), keys)
+        return tokens.reshape(3, draws), log_probs
 
-    tokens = np.asarray(draw(jax.random.key(5)))
-    np.testing.assert_array_equal(tokens, np.array([[0], [vocab - 1], [5]]).repeat(draws, axis=1))
+    tokens, log_probs = draw(jax.random.key(5))
+    np.testing.assert_array_equal(np.asarray(tokens), np.array([[0], [vocab - 1], [5]]).repeat(draws, axis=1))
+    np.testing.assert_array_equal(np.asarray(log_probs), 0.0)  # probability 1
