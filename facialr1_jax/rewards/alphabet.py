@@ -20,7 +20,7 @@ methods and `re` engine, so the classes agree with the oracle by construction:
                     one of the wrapping / trailing-punctuation characters of
                     `fea.emotions.clean_label_text`, WS if whitespace, else OTHER. Folding one
                     code point at a time equals folding the whole text for every text the
-                    normalised accuracy can accept; `NormalizationProof` below states why and
+                    normalised accuracy can accept; `NORMALIZATION_PROOF` below states why and
                     tests/rewards check it over all code points.
   exact letters     the characters of the exact-mode labels as themselves, WS, OTHER.
 
@@ -119,7 +119,7 @@ class CharacterClass:
     exact: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Alphabet:
     """class_of: [0x110000] int32 code point -> class id; classes[i] the letters of class i."""
 
@@ -204,17 +204,19 @@ separately and the results concatenated. casefold() maps code points independent
 can differ, and it differs only through canonical reordering or composition across code points.
 Both need a "blocking" code point b: one whose NFKD contains a character of non-zero combining
 class or a character that is the second half of a canonical composition (including the Hangul
-vowel and trailing jamo). Check (1): fold(b) holds a non-target character for every blocking b, so
-per-code-point folding rejects any p holding one. Check (2): the whole-text NFKC of such a p still
-holds a non-target character: b's mark survives (and casefold() of every mark holds a non-target
-character), or is absorbed into a primary composite (and casefold() of every primary composite
-holds one too); whitespace stripping cannot
-remove it because no blocking or composite character is whitespace. Without blocking code points
-NFKD(p) is the concatenation of per-code-point NFKDs, reordering is the identity and no
-composition crosses a code-point boundary, so the two foldings are equal. Check (3): every
-whitespace code point folds to whitespace only, so stripping p before folding (as
-`extract_answer_last` does) is the same as letting the automaton skip folded whitespace.
-Checks (1)-(3) run over all code points in tests/rewards/test_alphabet.py.
+vowel and trailing jamo).
+  Check (1): fold(b) holds a non-target character for every blocking b, so per-code-point
+  folding rejects any p holding one.
+  Check (2): the whole-text NFKC of such a p still holds a non-target character: b's mark
+  survives (casefold() of every mark holds a non-target character), or is absorbed into a
+  primary composite (casefold() of every primary composite holds one too); stripping cannot
+  remove it, since no blocking or composite character is whitespace.
+Without blocking code points, NFKD(p) is the concatenation of per-code-point NFKDs, reordering is
+the identity and no composition crosses a code-point boundary, so the two foldings are equal.
+  Check (3): every whitespace code point folds to whitespace only, so stripping p before folding
+  (as `extract_answer_last` does) is the same as letting the automaton skip folded whitespace.
+`normalization_counterexamples()` runs checks (1)-(3) over all code points (a test asserts it
+finds none with the running Python's Unicode database).
 """
 
 

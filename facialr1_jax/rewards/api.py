@@ -52,7 +52,7 @@ class RewardTables:
     labels: terms.LabelArrays
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RewardFunction:
     """The reward function for one tokenizer, label vocabulary and configuration."""
 
@@ -159,19 +159,29 @@ def _next_power_of_two(n: int, minimum: int) -> int:
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_reward_fn(tokenizer_key, labels: tuple[str, ...], accuracy_mode: str, au_mode: str):
-    tokenizer = _TOKENIZERS[tokenizer_key]
-    return make_reward_fn(tokenizer, labels, accuracy_mode=accuracy_mode, au_mode=au_mode)
-
-
-_TOKENIZERS: dict = {}
+# score_texts keeps the reward functions it built (tables and compiled code), keyed by the
+# tokenizer object (held here, so its id stays unique), labels and modes.
+_SCORE_CACHE: dict[tuple, tuple[object, RewardFunction]] = {}
+_SCORE_CACHE_SIZE = 8
+_BUNDLED: list = []
 
 
 def _bundled_tokenizer():
-    from facialr1_jax.data.tokenizer import load_tokenizer
+    if not _BUNDLED:
+        from facialr1_jax.data.tokenizer import load_tokenizer
 
-    return load_tokenizer()
+        _BUNDLED.append(load_tokenizer())
+    return _BUNDLED[0]
+
+
+def _reward_fn_for(tokenizer, labels: tuple[str, ...], accuracy_mode: str, au_mode: str) -> RewardFunction:
+    key = (id(tokenizer), labels, accuracy_mode, au_mode)
+    if key not in _SCORE_CACHE:
+        if len(_SCORE_CACHE) >= _SCORE_CACHE_SIZE:
+            _SCORE_CACHE.pop(next(iter(_SCORE_CACHE)))
+        reward_fn = make_reward_fn(tokenizer, labels, accuracy_mode=accuracy_mode, au_mode=au_mode)
+        _SCORE_CACHE[key] = (tokenizer, reward_fn)
+    return _SCORE_CACHE[key][1]
 
 
 def score_texts(
@@ -183,34 +193,29 @@ def score_texts(
     au_mode: str = "2f1-1",
     batch_size: int = 1024,
 ) -> dict[str, np.ndarray]:
-    """Scores texts with the jitted rewards: tokenizes each text (the bundled tokenizer when None,
-    no special tokens added), runs the reward function and returns numpy arrays "format",
-    "accuracy", "au", "total" (default weights 1, clamp [-10, 10]).
+    """Scores texts with the jitted rewards: tokenizes each text (the bundled tokenizer when None;
+    no special tokens added, and special-token strings such as "<|im_end|>" inside a text kept as
+    plain text), runs the reward function and returns numpy arrays "format", "accuracy", "au",
+    "total" (default weights 1, clamp [-10, 10]), equal to `fea.answers.total_reward` per text.
 
-    The rewards see `tokenizer.decode(tokenizer.encode(text))`, which is the text itself for a
-    byte-level tokenizer without a normaliser (ours); a tokenizer with a normaliser (Qwen2
-    applies NFC) scores the normalised text, as a model's own samples would be.
+    Precisely, the rewards score `tokenizer.decode(tokenizer.encode(text))`: the text itself for
+    a byte-level tokenizer without a normaliser (ours); a tokenizer with a normaliser (Qwen2's
+    applies NFC) scores the normalised text, as it would its own samples.
     The label vocabulary is the eight emotions plus any other label given, in first-seen order.
     """
     if not len(texts) == len(labels) == len(aus):
         raise ValueError(f"{len(texts)} texts, {len(labels)} labels and {len(aus)} AU lists differ in length")
     if tokenizer is None:
-        key = "bundled"
-        if key not in _TOKENIZERS:
-            _TOKENIZERS[key] = _bundled_tokenizer()
-    else:
-        key = id(tokenizer)
-        _TOKENIZERS[key] = tokenizer
+        tokenizer = _bundled_tokenizer()
     vocabulary = list(fea_emotions.EMOTIONS)
     for label in labels:
         if label is not None and str(label).strip() and label not in vocabulary:
             vocabulary.append(label)
-    reward_fn = _cached_reward_fn(key, tuple(vocabulary), accuracy_mode, au_mode)
-    tokenizer = _TOKENIZERS[key]
+    reward_fn = _reward_fn_for(tokenizer, tuple(vocabulary), accuracy_mode, au_mode)
 
     truth = encode_ground_truth(aus)
     label_ids = np.array([reward_fn.label_id(label) for label in labels], dtype=np.int32)
-    encoded = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    encoded = [tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True) for text in texts]
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in ("format", "accuracy", "au", "total")}
     for start in range(0, len(texts), batch_size):
         chunk = encoded[start : start + batch_size]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 import numpy as np
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Machine:
     name: str
     next_state: np.ndarray  # [num_states, num_classes] int32

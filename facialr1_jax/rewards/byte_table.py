@@ -69,7 +69,7 @@ class NotByteLevelError(ValueError):
     """The tokenizer does not decode through the byte-level decoder, so token bytes are unknown."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TokenByteTable:
     """Bytes of every token id.
 

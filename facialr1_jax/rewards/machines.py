@@ -118,7 +118,7 @@ def format_machine(alphabet: Alphabet) -> automata.Machine:
 
 
 # ------------------------------------------------------------------------- label outcomes
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LabelOutcomes:
     """What the accuracy comparison needs to know about a label vocabulary.
 

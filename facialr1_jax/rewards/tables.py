@@ -41,7 +41,7 @@ def pack_open(code: int, count: int, need: int) -> int:
     return code | (count << OPEN_COUNT_SHIFT) | (need << OPEN_NEED_SHIFT)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TokenSplits:
     """Per token (vocab_size + 1 rows; the last is the empty token)."""
 
@@ -129,7 +129,7 @@ def _compress_rows(sequence_of_token: np.ndarray, *row_arrays: np.ndarray):
     return row_of_token, tuple(a[first] for a in row_arrays)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TokenTable:
     """A machine's effect per token row: row_of_token [V+1]; next_state [R, Q]; last_output [R, Q]
     (0 when the rest emits nothing, else its last output)."""
@@ -155,7 +155,7 @@ def token_table(splits: TokenSplits, machine: automata.Machine) -> TokenTable:
     return TokenTable(machine, row_of_token, next_state.astype(np.int32), last_output.astype(np.int32))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class AUProgram:
     """What the rest of a token does to the AU mentions, per row and start state.
 

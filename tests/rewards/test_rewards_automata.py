@@ -61,6 +61,13 @@ def test_per_code_point_folding_is_exact_for_the_normalized_accuracy():
     assert alphabet_lib.normalization_counterexamples() == []
 
 
+def test_classes_are_few_and_merge_equal_letters(alphabet):
+    """Code points with the same letters share a class: a few hundred classes, not one each."""
+    assert 100 < alphabet.num_classes < 2000
+    assert len(set(alphabet.classes)) == alphabet.num_classes
+    assert alphabet.class_of[0x0436] == alphabet.class_of[0x03BB]  # Cyrillic zhe, Greek lambda: OTHER everywhere
+
+
 def test_exact_characters_get_their_own_classes(alphabet):
     refined = alphabet_lib.build_alphabet(frozenset("Fear!"))
     for char in "Fear!":

@@ -210,9 +210,10 @@ def test_score_texts_with_the_bundled_tokenizer():
         "<think>cheeks raised (AU6) (AU12) (AU120)</think><answer>happiness</answer>",
         "no tags at all, just happy",
         "",
+        "<think>AU6</think><answer>anger</answer><|im_end|>",  # the special-token string is text here
     ]
-    labels = ["anger", "Happiness", "happiness", None]
-    aus = [["AU4", "AU24"], ["AU6", "AU12"], ["AU6"], []]
+    labels = ["anger", "Happiness", "happiness", None, "anger"]
+    aus = [["AU4", "AU24"], ["AU6", "AU12"], ["AU6"], [], ["AU6"]]
     for accuracy_mode, au_mode in [("normalized", "2f1-1"), ("exact", "f1")]:
         out = score_texts(texts, labels, aus, accuracy_mode=accuracy_mode, au_mode=au_mode)
         assert set(out) == {"format", "accuracy", "au", "total"}
