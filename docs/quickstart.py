@@ -124,6 +124,7 @@ sft_config.optimizer.warmup_steps = min(20, SETTINGS["sft_steps"] // 5)
 sft_config.sft.eval_num_examples = SETTINGS["eval_examples"]
 sft_config.sft.final_eval_num_examples = SETTINGS["eval_examples"]
 sft_config.sft.eval_max_new_tokens = SETTINGS["max_new_tokens"]
+sft_config.sft.eval_batch_size = 8  # small batches keep the memory of a laptop run modest
 sft_dir = os.path.join(WORKDIR, "sft")
 sft_result = stages.run_stage(sft_config, sft_dir)
 print({key: sft_result[key] for key in ("status", "step") if key in sft_result})
@@ -166,6 +167,7 @@ grpo_config.grpo.prompts_per_step = SETTINGS["prompts"]
 grpo_config.grpo.num_generations = SETTINGS["samples"]
 grpo_config.grpo.max_new_tokens = SETTINGS["max_new_tokens"]
 grpo_config.grpo.eval_num_examples = SETTINGS["eval_examples"]
+grpo_config.grpo.eval_batch_size = 8
 grpo_config.optimizer.warmup_steps = 0
 grpo_dir = os.path.join(WORKDIR, "grpo")
 grpo_result = stages.run_stage(grpo_config, grpo_dir)  # prints the before/after table (also in grpo_report.md)
@@ -184,6 +186,7 @@ from configs import eval as eval_configs
 eval_config = configure(eval_configs.get_config("demo"))
 eval_config.eval.checkpoint = grpo_dir
 eval_config.eval.max_new_tokens = SETTINGS["max_new_tokens"]
+eval_config.eval.batch_size = 8
 eval_config.benchmarks.synthface.max_examples = SETTINGS["eval_examples"]
 eval_dir = os.path.join(WORKDIR, "eval")
 metrics = stages.run_stage(eval_config, eval_dir)["synthface"]

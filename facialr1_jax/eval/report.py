@@ -148,7 +148,8 @@ def markdown_report(
     images = images or {}
     out = ["# Evaluation report", ""]
     if run_info:
-        out += [f"- {key}: `{value}`" for key, value in run_info.items()] + [""]
+        out += [f"- {key}: `{value if isinstance(value, str) else json.dumps(value)}`"
+                for key, value in run_info.items()] + [""]
     out += [
         "All numbers are percentages; ROUGE-L is the F-measure x 100 (Porter stemming); REGE is "
         "emotion accuracy + ROUGE-L. An output is *unparseable* when it has neither a "
