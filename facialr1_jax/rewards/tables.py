@@ -246,7 +246,8 @@ def au_program(splits: TokenSplits, machine: automata.Machine) -> AUProgram:
         current,
         current_value,
     )
-    (next_state, lead_count, lead_digits, lead_value, has_end, inner_count, inner_keys, inner_short, current, current_value) = arrays
+    (next_state, lead_count, lead_digits, lead_value, has_end) = arrays[:5]
+    (inner_count, inner_keys, inner_short, current, current_value) = arrays[5:]
     table = TokenTable(machine, row_of_token, next_state.astype(np.int32), np.zeros_like(next_state, np.int32))
     # Trim capacities to what the compressed rows need (0 inner slots when no token has one).
     digits_needed = max(1, int(lead_count.max(initial=0)))

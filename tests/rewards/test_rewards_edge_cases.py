@@ -14,7 +14,9 @@ import pytest
 from facialr1_jax.fea import answers as oracle
 
 CASES = {
-    "many_non_canonical": "<think>AU01 AU001 AU0001 AU00001 AU000001 AU01 AU120 AU121 AU120 AU4</think><answer>fear</answer>",
+    "many_non_canonical": (
+        "<think>AU01 AU001 AU0001 AU00001 AU000001 AU01 AU120 AU121 AU120 AU4</think><answer>fear</answer>"
+    ),
     "ten_digits": "<think>AU1234567890 AU1234567890 AU12345678901 AU1</think><answer>fear</answer>",
     "thirty_digits": "<think>AU" + "1" * 30 + " AU" + "1" * 30 + " AU" + "1" * 29 + "2 AU12</think>",
     "kelvin_and_dotless_i": "<thin\u212a>AU4 au12</th\u0131nk><answer>anger</answer>",
@@ -60,8 +62,10 @@ def test_characters_split_across_tokens(bundled_tokenizer, bundled_reward_fns, o
     encode = lambda s: bundled_tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     as_bytes = lambda s: [byte_tokens[b] for b in s.encode("utf-8")]  # noqa: E731
     sequences = [
-        encode("<think>AU1") + as_bytes("\u00e9") + encode("2</think><answer>fear") + as_bytes("\u2003") + encode("</answer>"),
-        as_bytes("<thin\u212a>") + encode("AU4</think><answer>") + as_bytes("\U0001d41f\U0001d41e\U0001d41a\U0001d42b") + encode("</answer>"),
+        encode("<think>AU1") + as_bytes("\u00e9") + encode("2</think><answer>fear") + as_bytes("\u2003")
+        + encode("</answer>"),
+        as_bytes("<thin\u212a>") + encode("AU4</think><answer>")
+        + as_bytes("\U0001d41f\U0001d41e\U0001d41a\U0001d42b") + encode("</answer>"),
         encode("<think>AU1") + as_bytes("\u00e9")[:1] + encode("2</think>") + as_bytes("\u2003")[1:],
         as_bytes("\u2028")[:2] + encode("<think>AU1</think>") + as_bytes("\u00a0")[:1],
     ]

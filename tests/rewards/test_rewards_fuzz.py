@@ -20,7 +20,11 @@ row = st.tuples(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(row, min_size=1, max_size=48))
 def test_arbitrary_text_matches_the_oracle(bundled_tokenizer, bundled_reward_fns, oracle_check, rows):
     reward_fn = bundled_reward_fns("normalized")

@@ -23,7 +23,9 @@ def _encode(tokenizer, triples):
 
 
 @pytest.mark.parametrize("accuracy_mode, count", [("normalized", 10_000), ("exact", 4_000)])
-def test_completions_match_the_oracle(bundled_tokenizer, bundled_reward_fns, corpus, oracle_check, accuracy_mode, count):
+def test_completions_match_the_oracle(
+    bundled_tokenizer, bundled_reward_fns, corpus, oracle_check, accuracy_mode, count
+):
     """10,000 completions in the default mode, 4,000 more in the reference code's exact mode."""
     triples = corpus(seed={"normalized": 10, "exact": 11}[accuracy_mode]).triples(count)
     reward_fn = bundled_reward_fns(accuracy_mode)
@@ -43,9 +45,8 @@ def test_trained_tokenizer_f1_mode_and_raw_token_ids(trained_tokenizer, corpus, 
     rng = np.random.default_rng(13)
     vocab = len(trained_tokenizer)
     # Bias towards the ids of tags, digits and multi-byte pieces so random sequences hit them.
-    interesting = sorted(
-        {i for text in ["<think></think><answer></answer>AU1 2 AU01 é 日本 😀 \u212a \u00a0"] for i in trained_tokenizer.encode(text)}
-    )
+    pieces = "<think></think><answer></answer>AU1 2 AU01 é 日本 😀 \u212a \u00a0"
+    interesting = sorted(set(trained_tokenizer.encode(pieces)))
     random_lists, random_masks = [], []
     for _ in range(1000):
         length = int(rng.integers(0, WIDTH + 1))
