@@ -19,6 +19,11 @@ recomputes: `model.token_log_probs(hidden, tokens)` at temperature 1 (GRPO's set
 log_softmax(model.logits(hidden) / temperature) otherwise. GRPO's old-policy log-probs are
 `policy_log_probs` (masked by `mask`).
 
+Stopping: a row stops after the first of `stop_token_ids` (default: the model config's eos ids;
+`stop_token_ids_for(tokenizer)` gives eos + <|im_end|> + <|endoftext|>); `mask` covers the tokens up
+to and including it, `tokens` hold padding after it. The image / video placeholder ids are never
+generated (`suppress_token_ids`), so a completion can always be fed back through a training forward.
+
 Modules: `samplers` (greedy / temperature / top-k / top-p, per-row keys), `batch` (`PromptBatch`, the
 left-padded input), `engine` (the compiled prefill + decode loop and `generate`).
 """
