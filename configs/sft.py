@@ -32,10 +32,14 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
 def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
     if variant == "demo":
+        # Measured on the built-in data (README): 150 steps of 16 already give a 100% format-valid rate
+        # on held-out faces; 160 keep a margin while the whole run stays well inside 10 CPU minutes.
         c.optimizer.lr = 2e-3
         c.optimizer.warmup_steps = 20
         c.sft.num_epochs = 0.0
-        c.sft.num_steps = 400
+        c.sft.num_steps = 160
+        c.sft.eval_every_steps = 40
+        c.sft.eval_num_examples = 32
     elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
         c.model.preset = variant
         c.model.dtype = "bfloat16"
