@@ -113,7 +113,11 @@ def make_reward_fn(
     **overrides,
 ) -> RewardFunction:
     """Builds the tables (about 3 s for a small vocabulary, dominated by classifying Unicode) and
-    returns the jitted reward function. `config`: a `c.rewards`-style mapping (see `terms`)."""
+    returns the jitted reward function.
+
+    tokenizer: a Hugging Face byte-level tokenizer, or a `TokenByteTable` (token bytes given
+    directly); emotions: the label vocabulary (label id = index); config: a `c.rewards`-style
+    mapping (see `terms`), keyword overrides on top."""
     settings = terms.settings_from_config(config, **overrides)
     labels = tuple(emotions)
     if not labels:
@@ -122,7 +126,7 @@ def make_reward_fn(
     exact_characters = frozenset("".join(labels)) if settings.accuracy_mode == "exact" else frozenset()
     alphabet = alphabet_lib.build_alphabet(exact_characters)
     content = machines.content_machine(alphabet, outcomes)
-    byte_table = build_byte_table(tokenizer)
+    byte_table = tokenizer if isinstance(tokenizer, TokenByteTable) else build_byte_table(tokenizer)
     tables = RewardTables(
         scan=scan.build_scan_tables(byte_table, alphabet, content),
         labels=terms.LabelArrays(

@@ -19,7 +19,7 @@ import pytest
 
 from facialr1_jax.fea import answers as oracle
 from facialr1_jax.fea.emotions import EMOTIONS
-from facialr1_jax.rewards import decode_completion, encode_ground_truth
+from facialr1_jax.rewards import TokenByteTable, decode_completion, encode_ground_truth
 
 # Labels beyond the eight nouns: other case, a synonym, a two-word key, an unknown word, a label
 # with a leading space (never matches exactly), punctuation.
@@ -224,7 +224,10 @@ def compare_with_oracle(reward_fn, tokenizer, id_lists, labels, aus, masks=None)
         truth[: len(chunk)] = encode_ground_truth(aus[start : start + len(chunk)])
         result = {k: np.asarray(v) for k, v in reward_fn(ids, mask, label_ids, truth).items()}
         for row in range(len(chunk)):
-            text = decode_completion(tokenizer, ids[row], mask[row])
+            if isinstance(tokenizer, TokenByteTable):  # token bytes given directly
+                text = tokenizer.decode(ids[row].tolist(), mask[row].tolist())
+            else:
+                text = decode_completion(tokenizer, ids[row], mask[row])
             label, truth_aus = labels[start + row], aus[start + row]
             expected, predicted, matched = _oracle_scores(
                 text, label, truth_aus, settings.accuracy_mode, settings.au_mode

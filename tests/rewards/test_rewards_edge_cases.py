@@ -81,3 +81,90 @@ def test_fully_masked_rows_score_like_empty_text(bundled_tokenizer, bundled_rewa
         bundled_reward_fns("normalized"), bundled_tokenizer, [ids], ["fear"], [["AU1"]], [np.zeros(128, bool)]
     )
     assert not problems, problems[0]
+
+
+def test_arbitrary_token_bytes_and_utf8_damage(corpus, oracle_check):
+    """A synthetic vocabulary of raw byte strings (every single byte, runs of continuation bytes,
+    truncated and overlong sequences, surrogate and out-of-range leads, tags and AU pieces), and
+    random id sequences over it: the scan's UTF-8 bookkeeping across tokens must reproduce the
+    replacement-character decode exactly."""
+    import random
+
+    from facialr1_jax.rewards import TokenByteTable, make_reward_fn
+
+    rng = random.Random(5)
+    pieces = [b"<think>", b"</think>", b"<answer>", b"</answer>", b"AU", b"au", b"1", b"12", b"0",
+              b"fear", b"happy", b" ", b"\n", "\u00a0".encode(), "\u2003".encode(), "\u212a".encode(),
+              "\u0131".encode(), "\U0001d41f".encode(), "\u00e9".encode()]
+    tokens = [bytes([b]) for b in range(256)] + pieces
+    interesting = [0x80, 0x9F, 0xA0, 0xBF, 0xC0, 0xC2, 0xDF, 0xE0, 0xE2, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF]
+    while len(tokens) < 600:
+        size = rng.randint(1, 7)
+        choices = interesting + [0x80 + rng.randrange(64), rng.randrange(128)]
+        tokens.append(bytes(rng.choice(choices) for _ in range(size)))
+    special = [False] * len(tokens)
+    tokens.append(b"")  # a special token: decodes to nothing
+    special.append(True)
+    table = TokenByteTable.from_token_bytes(tokens, special)
+    reward_fn = make_reward_fn(table, corpus.LABELS)
+
+    sequences = [[rng.randrange(len(tokens) + 2) for _ in range(rng.randint(0, 128))] for _ in range(1500)]
+    generator = corpus(seed=6)
+    labels = [generator.label() for _ in sequences]
+    aus = [generator.truth() for _ in sequences]
+    # The reference text is the table's own decode (equal to real tokenizers' decode: see
+    # test_rewards_bytes), scored by the oracle.
+    problems = oracle_check(reward_fn, table, sequences, labels, aus)
+    assert not problems, "\n".join(problems[:3])
+
+
+def test_byte_damage_where_it_changes_the_rewards(corpus, oracle_check):
+    """Byte-by-byte whitespace (valid, overlong, surrogate, truncated, over-long runs, split by an
+    empty special token) placed where it decides a reward: between the think and answer blocks
+    (format), after the answer word (accuracy) and inside an AU number (AU set). Only an exact
+    UTF-8 replacement rule gets all of them right."""
+    import itertools
+
+    from facialr1_jax.rewards import TokenByteTable, make_reward_fn
+
+    pieces = [b"<think>", b"</think>", b"<answer>", b"</answer>", b"AU1", b"2", b"x", b"fear"]
+    # Multi-byte tokens that complete a character and go on with stray or ordinary bytes.
+    pieces += [b"\x80\x83", b"\x80\x83\x83", b"\x83\x83", b"\x80\x83 ", b"\x9a\x80\x80", b"\xa0 \xe2",
+               b"\x80\x80\x80\x80", b"\xe2\x80"]
+    tokens = [bytes([b]) for b in range(256)] + pieces + [b""]
+    special = [False] * (len(tokens) - 1) + [True]
+    token_id = {data: i for i, data in enumerate(tokens[:-1])}
+    empty = len(tokens) - 1
+    table = TokenByteTable.from_token_bytes(tokens, special)
+    reward_fn = make_reward_fn(table, corpus.LABELS)
+
+    # Gaps, each a list of tokens: whitespace byte by byte (valid, overlong, surrogate, beyond
+    # U+10FFFF, truncated, with extra continuation bytes), and multi-byte tokens finishing it.
+    byte_by_byte = [
+        b"", b" ", b"\xe2\x80\x83", b"\xc2\xa0", b"\xe3\x80\x80", b"\xe1\x9a\x80", b"\xe2\x80\xa8",
+        b"\xe0\x80\xa0", b"\xf0\x80\x80\xa0", b"\xc0\xa0", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+        b"\xe2\x80", b"\xc2", b"\xe2\x80\x83\x83", b"\x83", b"\xe2\x80\x83\xe2", b"\xf0\x9f\x98\x80",
+    ]
+    gaps = [[bytes([b]) for b in data] for data in byte_by_byte]
+    gaps += [[b"\xe2", b"\x80\x83"], [b"\xe2", b"\x80\x83\x83"], [b"\xe2\x80", b"\x83\x83"], [b"\xe2", b"\x80\x83 "],
+             [b"\xe1", b"\x9a\x80\x80"], [b"\xc2", b"\xa0 \xe2"], [b"\xc2", b"\xa0 \xe2", b"\x80\x83"],
+             [b"\xf0", b"\x80\x80\x80\x80"], [b"\x80\x83"]]
+
+    def gap_ids(gap: list[bytes], split_at: int | None) -> list[int]:
+        ids = [token_id[data] for data in gap]
+        if split_at is not None and ids:
+            ids.insert(split_at % (len(ids) + 1), empty)
+        return ids
+
+    sequences = []
+    for gap, split_at in itertools.product(gaps, [None, 1, 2]):
+        between = gap_ids(gap, split_at)
+        think = [token_id[b"<think>"], token_id[b"x"], token_id[b"</think>"]]
+        answer, close = [token_id[b"<answer>"]], [token_id[b"</answer>"]]
+        sequences.append(think + between + answer + [token_id[b"fear"]] + close)  # format
+        sequences.append(think + answer + [token_id[b"fear"]] + between + close)  # accuracy
+        sequences.append([token_id[b"<think>"], token_id[b"AU1"]] + between + [token_id[b"2"], token_id[b"</think>"]])
+    labels = ["fear"] * len(sequences)
+    aus = [["AU12"]] * len(sequences)
+    problems = oracle_check(reward_fn, table, sequences, labels, aus)
+    assert not problems, "\n".join(problems[:3])
