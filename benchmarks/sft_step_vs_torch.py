@@ -8,7 +8,8 @@ with one 112 x 112 image (64 patches, 16 image tokens), cross-entropy on the sec
 sequence (the "reply"). One training step = forward + backward + global-norm clipping + AdamW:
 ours is `facialr1_jax.train.step.TrainStep` (one compiled program, state donated); the reference is
 the usual PyTorch loop (`model(..., labels=...)`, `loss.backward()`, `clip_grad_norm_`,
-`torch.optim.AdamW.step()`). Compilation and the first reference step are warm-up, not timed.
+`torch.optim.AdamW.step()`). Compilation and two steps per side are warm-up; then the timed steps
+alternate between the two sides (so both see the same machine load) and the medians are reported.
 
 Before timing, the first-step losses of both sides are printed: they agree to about 1e-4, which
 shows the two are computing the same thing. Throughput = trained sequence tokens (batch x seq,
@@ -71,65 +72,64 @@ def synthetic_examples(config: models.Qwen2_5_VLConfig, batch: int, seq: int, se
     return examples
 
 
-def run_ours(model, config, examples, *, steps: int, lr: float):
-    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-    shard_model(model, mesh, TRAINING_RULES)
-    tx, schedule = optim.make_optimizer(optimizer_config(lr), total_steps=steps + 2)
-    model_def, state, shardings = state_lib.create_train_state(model, tx, seed=0, mesh=mesh)
-    train_step = step_lib.TrainStep(model_def, sft.sft_loss, tx, schedule, shardings, mesh, rules=TRAINING_RULES)
-    collate = batching.SFTCollator(model_config=config, num_micro_batches=1, max_length=len(examples[0].input_ids),
-                                   pad_id=0)
-    arrays, _ = batching.split_info(collate(examples))
-    batch = step_lib.put_batch(arrays, step_lib.batch_shardings(arrays, mesh))
+class OurStep:
+    """Our side: TrainStep (one compiled program, state donated) on the benchmark batch."""
 
-    started = time.perf_counter()
-    state, metrics = train_step(state, batch)
-    first_loss = float(metrics["loss"])
-    compile_seconds = time.perf_counter() - started
-    state, metrics = train_step(state, batch)  # a second warm-up step: buffers settle after donation
-    jax.block_until_ready(metrics)
-    started = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = train_step(state, batch)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - started) / steps
-    return first_loss, seconds, compile_seconds
+    def __init__(self, model, config, examples, *, lr: float, total_steps: int):
+        mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+        shard_model(model, mesh, TRAINING_RULES)
+        tx, schedule = optim.make_optimizer(optimizer_config(lr), total_steps=total_steps)
+        model_def, self.state, shardings = state_lib.create_train_state(model, tx, seed=0, mesh=mesh)
+        self.train_step = step_lib.TrainStep(model_def, sft.sft_loss, tx, schedule, shardings, mesh,
+                                             rules=TRAINING_RULES)
+        collate = batching.SFTCollator(model_config=config, num_micro_batches=1,
+                                       max_length=len(examples[0].input_ids), pad_id=0)
+        arrays, _ = batching.split_info(collate(examples))
+        self.batch = step_lib.put_batch(arrays, step_lib.batch_shardings(arrays, mesh))
+
+    def __call__(self) -> float:
+        self.state, metrics = self.train_step(self.state, self.batch)
+        return float(metrics["loss"])  # waits for the step to finish
 
 
-def run_torch(hf_dir: str, config, examples, *, steps: int, lr: float, threads: int):
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+class TorchStep:
+    """The reference: the usual PyTorch loop on the same weights and batch."""
 
-    torch.set_num_threads(threads)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32,
-                                                               attn_implementation="sdpa")
-    model.train()
-    ids = np.stack([e.input_ids for e in examples]).astype(np.int64)
-    labels = np.where(np.stack([e.label_mask for e in examples]) > 0, ids, -100)
-    inputs = {
-        "input_ids": torch.tensor(ids),
-        "attention_mask": torch.ones_like(torch.tensor(ids)),
-        "pixel_values": torch.tensor(np.concatenate([e.pixel_values for e in examples])),
-        "image_grid_thw": torch.tensor(np.concatenate([e.image_grid_thw for e in examples])),
-        "mm_token_type_ids": torch.tensor((ids == config.image_token_id).astype(np.int64)),
-        "labels": torch.tensor(labels),
-    }
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    def __init__(self, hf_dir: str, config, examples, *, lr: float, threads: int):
+        import torch
+        from transformers import Qwen2_5_VLForConditionalGeneration
 
-    def train_step():
-        loss = model(**inputs).loss
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32,
+                                                                        attn_implementation="sdpa")
+        self.model.train()
+        ids = np.stack([e.input_ids for e in examples]).astype(np.int64)
+        labels = np.where(np.stack([e.label_mask for e in examples]) > 0, ids, -100)
+        self.inputs = {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.ones_like(torch.tensor(ids)),
+            "pixel_values": torch.tensor(np.concatenate([e.pixel_values for e in examples])),
+            "image_grid_thw": torch.tensor(np.concatenate([e.image_grid_thw for e in examples])),
+            "mm_token_type_ids": torch.tensor((ids == config.image_token_id).astype(np.int64)),
+            "labels": torch.tensor(labels),
+        }
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                           weight_decay=0.0)
+
+    def __call__(self) -> float:
+        loss = self.model(**self.inputs).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    first_loss = train_step()
+
+def timed(step) -> tuple[float, float]:
     started = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    seconds = (time.perf_counter() - started) / steps
-    return first_loss, seconds
+    loss = step()
+    return loss, time.perf_counter() - started
 
 
 def main() -> None:
@@ -147,9 +147,20 @@ def main() -> None:
     examples = synthetic_examples(config, args.batch, args.seq, seed=0)
     with tempfile.TemporaryDirectory() as hf_dir:
         models.save_pretrained(model, hf_dir)
-        torch_loss, torch_seconds = run_torch(hf_dir, config, examples, steps=args.steps, lr=args.lr,
-                                              threads=args.threads)
-    jax_loss, jax_seconds, compile_seconds = run_ours(model, config, examples, steps=args.steps, lr=args.lr)
+        reference = TorchStep(hf_dir, config, examples, lr=args.lr, threads=args.threads)
+    ours = OurStep(model, config, examples, lr=args.lr, total_steps=args.steps + 2)
+
+    jax_loss, compile_seconds = timed(ours)  # compiles
+    torch_loss, _ = timed(reference)
+    timed(ours)  # one more warm-up each: buffers settle after donation, allocator caches fill
+    timed(reference)
+    # Alternate the timed steps so that both sides see the same machine load (other processes may
+    # come and go on a shared machine); report the median of each.
+    jax_times, torch_times = [], []
+    for _ in range(args.steps):
+        jax_times.append(timed(ours)[1])
+        torch_times.append(timed(reference)[1])
+    jax_seconds, torch_seconds = float(np.median(jax_times)), float(np.median(torch_times))
 
     tokens = args.batch * args.seq
     result = {

@@ -100,7 +100,12 @@ class SFTCollator:
         pad_patches = patch_bucket(patches, merge_unit) if patches else 0
 
         columns: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "position_ids", "targets",
-                                                     "loss_mask")}
+                                                     "loss_mask", "target_positions", "target_ids",
+                                                     "target_mask")}
+        # The trained positions of every row, gathered into a short bucketed axis: the loss needs the
+        # vocabulary projection only there (the reply, not the prompt), which is most of its cost.
+        most_targets = max(int(e.label_mask[1:].sum()) for e in examples)
+        num_targets = length_bucket(max(most_targets, 1), length, minimum=8)
         vision_parts: list[dict] = []
         for group in micro_groups:
             ids = np.full((per_micro, length), self.pad_id, np.int32)
@@ -115,6 +120,14 @@ class SFTCollator:
             targets[:, :-1] = ids[:, 1:]
             loss_mask = np.zeros_like(label)
             loss_mask[:, :-1] = label[:, 1:]  # position t predicts token t + 1
+            positions = np.zeros((per_micro, num_targets), np.int32)
+            selected = np.zeros((per_micro, num_targets), np.int32)
+            selected_mask = np.zeros((per_micro, num_targets), np.float32)
+            for row in range(per_micro):
+                trained = np.flatnonzero(loss_mask[row])
+                positions[row, : trained.size] = trained
+                selected[row, : trained.size] = targets[row, trained]
+                selected_mask[row, : trained.size] = loss_mask[row, trained]
             images = [e for e in group if e.num_patches]
             grids = [e.image_grid_thw for e in images]
             position_ids, _ = multimodal_position_ids(
@@ -125,6 +138,9 @@ class SFTCollator:
             columns["position_ids"].append(np.transpose(position_ids, (1, 0, 2)))
             columns["targets"].append(targets)
             columns["loss_mask"].append(loss_mask)
+            columns["target_positions"].append(positions)
+            columns["target_ids"].append(selected)
+            columns["target_mask"].append(selected_mask)
             if pad_patches:
                 vision_parts.append(
                     pack_vision([e.pixel_values for e in images], grids, self.model_config, pad_patches)

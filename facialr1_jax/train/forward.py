@@ -6,6 +6,11 @@ A micro-batch (built by `facialr1_jax.data.batching`) holds, per example (axis 0
     position_ids   int32 [B, 3, L]  M-RoPE (temporal, height, width) positions, host-computed
     targets        int32 [B, L]     targets[t] = input_ids[t + 1] (0 where there is none)
     loss_mask      f32   [B, L]     1 where targets[t] is trained on
+optionally the same targets gathered to the trained positions only (T = a bucket of the most
+trained tokens in a row; SFT batches carry them, `selected_target_log_probs` uses them):
+    target_positions int32 [B, T]   column of each trained target (0 where unused)
+    target_ids       int32 [B, T]   targets at those columns
+    target_mask      f32   [B, T]   1 for real entries
 and under "vision", packed over all images of the micro-batch in processor order:
     pixel_values   f32   [P, patch_dim]   patches padded to a bucket P
     patch_order, window_segment_ids, image_segment_ids [P], rotary_positions [P, 2],
@@ -55,3 +60,20 @@ def target_log_probs(model, micro_batch: dict, chunk_size: int = 128) -> jax.Arr
     so that a full [B, L, vocab] logits tensor is never held (also not in the backward pass)."""
     hidden = hidden_states(model, micro_batch)
     return model.token_log_probs(hidden, micro_batch["targets"], chunk_size=chunk_size)
+
+
+def selected_target_log_probs(model, micro_batch: dict, chunk_size: int = 128) -> tuple[jax.Array, jax.Array]:
+    """(log p of the trained targets, their mask), each [B, T].
+
+    With `target_positions` in the batch, the vocabulary projection runs only at those positions
+    (for assistant-only SFT, the reply: a third of the sequence in the demo, half in the benchmark),
+    which saves most of the LM head's cost, its largest single matmul. Without them, every position
+    is projected and the full-length `loss_mask` is returned as the mask.
+    """
+    if "target_positions" not in micro_batch:
+        return target_log_probs(model, micro_batch, chunk_size), micro_batch["loss_mask"]
+    hidden = hidden_states(model, micro_batch)
+    positions = micro_batch["target_positions"]
+    selected = jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
+    log_probs = model.token_log_probs(selected, micro_batch["target_ids"], chunk_size=chunk_size)
+    return log_probs, micro_batch["target_mask"]

@@ -56,8 +56,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def sft_loss(model, micro_batch: dict, rng: jax.Array):
     """Next-token cross-entropy on the masked targets: (sum, token count, {})."""
     del rng  # the model has no dropout
-    log_probs = forward.target_log_probs(model, micro_batch)
-    mask = micro_batch["loss_mask"].astype(jnp.float32)
+    log_probs, mask = forward.selected_target_log_probs(model, micro_batch)
+    mask = mask.astype(jnp.float32)
     return -jnp.sum(log_probs * mask), jnp.sum(mask), {}
 
 

@@ -203,3 +203,17 @@ def test_worker_processes_give_the_same_batches_and_resume(tmp_path):
     resumed = pipeline.make_iterator(dataset, num_workers=1)
     resumed.set_state(state)
     assert [_ids(next(resumed)) for _ in range(3)] == in_process[2:5]
+
+
+def test_selected_targets_are_the_masked_targets_in_order():
+    examples = [_example("a", [3, 4], (1, 4, 4), [5], [20, 21, 22], seed=1),
+                _example("b", [3], (1, 2, 2), [5, 6], list(range(30, 41)), seed=2)]
+    batch, _ = batching.split_info(
+        batching.SFTCollator(model_config=CONFIG, num_micro_batches=1, max_length=100, pad_id=PAD)(examples))
+    assert batch["target_positions"].shape == (1, 2, 12)  # 11 trained tokens at most -> bucket 12
+    for row in range(2):
+        trained = np.flatnonzero(batch["loss_mask"][0, row])
+        count = len(trained)
+        np.testing.assert_array_equal(batch["target_positions"][0, row, :count], trained)
+        np.testing.assert_array_equal(batch["target_ids"][0, row, :count], batch["targets"][0, row, trained])
+        assert batch["target_mask"][0, row].sum() == count

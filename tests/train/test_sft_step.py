@@ -218,6 +218,16 @@ def test_qwen_micro_batches_equal_full_batch_with_images_of_different_sizes():
 
         full, loss_full = gradients(1)
         micro, loss_micro = gradients(4)
+
+        # Projecting only the trained positions (target_positions) gives the loss of projecting all.
+        collate = batching.SFTCollator(model_config=config, num_micro_batches=1, max_length=64, pad_id=0)
+        batch, _ = batching.split_info(collate(examples))
+        batch["vision"]["pixel_values"] = batch["vision"]["pixel_values"].astype(np.float64)
+        for key in ("target_positions", "target_ids", "target_mask"):
+            del batch[key]
+        _, loss_sum, denom, _ = jax.jit(lambda p, b: step_lib.accumulate(
+            model_def, sft.sft_loss, p, b, jax.random.PRNGKey(0), with_grads=False))(params, batch)
+    np.testing.assert_allclose(float(loss_sum / denom), loss_full, rtol=1e-12)
     np.testing.assert_allclose(loss_micro, loss_full, rtol=1e-6)
     for (path, g_full), g_micro in zip(jax.tree_util.tree_leaves_with_path(full), jax.tree.leaves(micro)):
         scale = float(jnp.max(jnp.abs(g_full)))
