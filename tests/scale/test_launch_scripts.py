@@ -81,7 +81,7 @@ def fakes(tmp_path):
     return tmp_path, env
 
 
-def _records(directory, count, timeout=20.0):
+def _records(directory, count, timeout=120.0):  # generous: fake workers start slowly on a loaded machine
     deadline = time.time() + timeout
     paths = [directory / f"process-{i}.json" for i in range(count)]
     while not all(p.exists() for p in paths) and time.time() < deadline:
