@@ -1,6 +1,5 @@
 """ModelGenerator on a small random model: candidates per prompt, cut-off flag, reproducible keys."""
 
-import numpy as np
 import pytest
 from flax import nnx
 
