@@ -38,7 +38,7 @@ shift 2
 PYTHON="${PYTHON:-python}"
 REPO_ROOT="${SLURM_SUBMIT_DIR:-$(pwd)}"
 
-coordinator_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+coordinator_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')"  # awk reads to the end: no SIGPIPE under pipefail
 export JAX_COORDINATOR_ADDRESS="${coordinator_host}:${JAX_COORDINATOR_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"
 export JAX_NUM_PROCESSES="${SLURM_NTASKS:-$SLURM_NNODES}"
 # GPU memory: let XLA take most of it up front (the plan in docs/scaling.md assumes it may), and
