@@ -73,9 +73,10 @@ def pack_vision(
 class SFTCollator:
     """Builds one optimiser batch from `num_micro_batches * micro_batch_size` TrainExamples.
 
-    Returns a dict of numpy arrays in the micro-batched layout plus `"info"`, host-side facts that
-    never go to the device: record ids per micro-batch, real-token and target-token counts, the
-    number of truncated targets.
+    Returns a dict of numpy arrays in the micro-batched layout of `train.forward` (full-length
+    targets/loss_mask and the compact target_positions/target_ids/target_mask) plus `"info"`,
+    host-side facts that never go to the device: record ids per micro-batch, real-token and
+    target-token counts, the number of truncated targets.
     """
 
     model_config: Qwen2_5_VLConfig
