@@ -8,8 +8,8 @@ Compiles the SFT train step (a GRPO config: its SFT warm start too), the GRPO ro
 decode), reference log-probs and policy update for the config's model preset and mesh from shapes
 alone: no weights are allocated (`facialr1_jax.parallel.planning`). `--devices=N` fakes N CPU devices
 (it must be set before JAX starts, which this launcher does), so a 32-chip job plans on a laptop;
-`--devices=0` plans on the machine's own devices (e.g. on a TPU VM, with the accelerator's own
-compiler). Prints a table, then ends with ONE JSON line holding `per_device_bytes` and
+`--devices=0` plans on the devices of the one host it runs on (e.g. a single-host TPU VM, with the
+accelerator's own compiler). Prints a table, then ends with ONE JSON line holding `per_device_bytes` and
 `flops_per_step` (and everything else) for scripts.
 """
 

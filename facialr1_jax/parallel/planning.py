@@ -1,7 +1,7 @@
 """Compile-only plans of a training run: per-device memory, FLOPs per step and the implied MFU.
 
     plan = plan_config(config)        # a run config (configs/sft.py or configs/grpo.py), any mesh
-    print(plan.summary())
+    print(format_table(plan, step_seconds, peak_flops_per_device)); row = plan.to_dict(...)
 
 Nothing is allocated on the devices: the model is built with `nnx.eval_shape`, the train state with
 `jax.eval_shape`, and every program is `jax.jit(...).lower(<ShapeDtypeStructs with shardings>)
@@ -22,7 +22,8 @@ What each program reports (`ProgramPlan`):
     through `while` trip counts. `compiled.cost_analysis()["flops"]` counts a loop body ONCE whatever
     its trip count, so for a step that scans 8 micro-batches it is 8x too low; it is still reported
     (`xla_cost_analysis_flops`) for reference. Hardware FLOPs include rematerialisation and any work
-    replicated across devices;
+    replicated across devices. They are read from CPU programs only (elsewhere matmuls become library
+    calls or convolutions);
   * model FLOPs, from the jaxpr of the forward pass (global, no recomputation): a train step counts
     3 x forward (forward + backward at twice the forward), the rollout counts prefill + decode steps.
     MFU = model FLOPs per step / (step time x devices x peak FLOP/s per device);
@@ -32,9 +33,10 @@ What each program reports (`ProgramPlan`):
 Loops whose trip count the compiler cannot know (the decode `while_loop` stops when every row has
 stopped) are counted at their maximum: `max_new_tokens - 1` decode steps.
 
-Caveats printed with every plan: XLA:CPU's buffer assignment stands in for the accelerator's (bf16
-matmuls may be upcast on CPU, so temporaries can differ from TPU / GPU by a few tens of percent), and
-attention is the model's dense implementation (the [heads, L, L] scores are materialised).
+Caveats printed with every plan (`CAVEATS`): on fake CPU devices, XLA:CPU's buffer assignment stands
+in for the accelerator's; it computes bfloat16 matmuls in float32, so gathered weights and their
+gradients appear at up to twice their accelerator size, and fusion differs. Attention is the model's
+dense implementation (the [heads, L, L] scores are materialised).
 
 This module sits at the launcher end of the import order (it imports train/ and sampling/), so it
 is deliberately not re-exported from `facialr1_jax.parallel`.
@@ -773,8 +775,9 @@ def _unsharded(tree: Any) -> Any:
 # the whole plan of a run config
 # --------------------------------------------------------------------------------------------------
 CAVEATS = (
-    "memory is XLA:CPU's buffer assignment for the same sharded program; accelerator compilers fuse and "
-    "schedule differently (bf16 matmuls may be upcast on CPU), so expect differences of tens of percent",
+    "on CPU devices, memory is XLA:CPU's buffer assignment for the same sharded program: it computes bf16 "
+    "matmuls in float32 (gathered weights and their gradients at up to twice their accelerator size) and "
+    "fuses differently; plan on the target (--devices=0) to confirm",
     "attention is the model's dense implementation: [heads, L, L] float32 scores per layer are materialised",
     "rollout decode is counted at max_new_tokens - 1 steps (no early stop)",
 )
