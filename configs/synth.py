@@ -50,6 +50,9 @@ def synth_section() -> ml_collections.ConfigDict:
     s.max_new_tokens = 160  # Generation length per candidate.
     s.max_prompt_tokens = 1024  # Budget of a synthesis prompt (ground truth + feedback make it longer than data.max_prompt_tokens).
     s.prompt_variant = ""  # "" = the variant the checkpoint was trained with (its run config) | full | compact.
+    # synthesis (METHOD.md 5: ground truth + cumulative feedback) | task (the plain training prompt: rejection
+    # sampling, for small models that do not follow the synthesis prompt; use num_candidates > 1).
+    s.prompt_mode = "synthesis"
     s.max_attempts = 6  # 1 first try + up to 5 retries with cumulative feedback (the reference).
     s.feedback_history = 0  # Feedback sections kept in a retry prompt: 0 = all (cumulative); N = the latest N.
     s.num_candidates = 1  # Candidates per attempt: 1 = greedy (reference); K > 1 = K samples, the first passing one kept.

@@ -7,6 +7,11 @@ problems listed), so attempt n sees the feedback of attempts 1..n-1 (cumulative,
 `feedback_history` > 0 keeps only the latest sections; when a prompt would exceed the token budget
 the oldest sections are dropped until it fits, and a record whose bare synthesis prompt does not
 fit is rejected without generation.
+
+Prompt mode "task" (an option, not the method) sends the plain task prompt instead: the model
+answers as it was trained and only the check sees the ground truth (rejection sampling). Small
+models trained on the task prompt alone can fail to follow the longer synthesis prompt; sampled
+candidates (synth.num_candidates > 1) then give each attempt fresh answers.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from typing import Any
 
 from facialr1_jax.data.chat import QWEN_SPECIAL_TOKENS
 from facialr1_jax.fea.profiles import labels_for
-from facialr1_jax.fea.prompts import build_feedback, build_synthesis_instruction
+from facialr1_jax.fea.prompts import build_feedback, build_instruction, build_synthesis_instruction
 from facialr1_jax.fea.records import FEARecord
+
+
+PROMPT_MODES = ("synthesis", "task")
 
 
 def quotable(answer: str) -> str:
@@ -77,9 +85,20 @@ class RecordJob:
         kept = self.attempts[-history:] if history > 0 else self.attempts
         return [build_feedback(quotable(a.answer), a.problems) for a in kept]
 
-    def instruction(self, variant: str, history: int, fits: Callable[[str], bool]) -> tuple[str | None, int]:
+    def instruction(self, variant: str, history: int, fits: Callable[[str], bool],
+                    mode: str = "synthesis") -> tuple[str | None, int]:
         """(the user-turn text of the next attempt, feedback sections dropped to fit), or (None, 0)
-        when even the bare synthesis prompt does not fit (`fits(text)` says whether a text does)."""
+        when even the bare prompt does not fit (`fits(text)` says whether a text does).
+
+        mode "synthesis": the synthesis prompt plus the feedback of the rejected attempts;
+        mode "task": the plain task prompt the model was trained on (no ground truth, no feedback),
+        so stage 3 becomes rejection sampling: only the check sees the ground truth.
+        """
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"prompt mode {mode!r} is not one of {PROMPT_MODES}")
+        if mode == "task":
+            text = build_instruction(self.record.question, labels_for(self.record.dataset), variant)
+            return (text, 0) if fits(text) else (None, 0)
         base = self.base_instruction(variant)
         sections = self.feedback_sections(history)
         for dropped in range(len(sections) + 1):

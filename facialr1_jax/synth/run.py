@@ -131,9 +131,10 @@ def annotate_block(jobs: Sequence[RecordJob], *, generate: CandidateSource, enco
         for job in jobs:
             if job.finished:
                 continue
-            text, dropped = job.instruction(variant, settings.feedback_history, lambda t, j=job: encoder.fits(j, t))
+            text, dropped = job.instruction(variant, settings.feedback_history, lambda t, j=job: encoder.fits(j, t),
+                                            mode=settings.prompt_mode)
             if text is None:
-                job.given_up = (f"the synthesis prompt alone exceeds synth.max_prompt_tokens = "
+                job.given_up = (f"the {settings.prompt_mode} prompt alone exceeds synth.max_prompt_tokens = "
                                 f"{settings.max_prompt_tokens}")
                 continue
             if dropped:

@@ -14,6 +14,7 @@ from typing import Any
 
 from facialr1_jax.config_validation import ConfigError
 from facialr1_jax.fea.prompts import VARIANTS
+from facialr1_jax.synth.attempts import PROMPT_MODES
 
 AU_CHECK_MODES = ("exact", "f1", "off")
 
@@ -35,6 +36,7 @@ class SynthSettings:
     max_new_tokens: int = 160
     max_prompt_tokens: int = 1024
     prompt_variant: str = ""
+    prompt_mode: str = "synthesis"
     max_attempts: int = 6
     feedback_history: int = 0
     num_candidates: int = 1
@@ -68,6 +70,8 @@ class SynthSettings:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature > 0):
             raise ConfigError(f"config.synth.temperature = {self.temperature!r} must be a finite number > 0")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ConfigError(f"config.synth.prompt_mode = {self.prompt_mode!r} is not one of {', '.join(PROMPT_MODES)}")
         if self.prompt_variant and self.prompt_variant not in VARIANTS:
             raise ConfigError(f"config.synth.prompt_variant = {self.prompt_variant!r} is not one of "
                               f"'' (the checkpoint's), {', '.join(VARIANTS)}")
@@ -95,6 +99,7 @@ class SynthSettings:
             max_new_tokens=get("max_new_tokens", defaults.max_new_tokens),
             max_prompt_tokens=get("max_prompt_tokens", defaults.max_prompt_tokens),
             prompt_variant=str(get("prompt_variant", "")),
+            prompt_mode=str(get("prompt_mode", defaults.prompt_mode)),
             max_attempts=get("max_attempts", defaults.max_attempts),
             feedback_history=get("feedback_history", defaults.feedback_history),
             num_candidates=get("num_candidates", defaults.num_candidates),
@@ -121,7 +126,7 @@ class SynthSettings:
         Batch size is included: it decides which prompts share an engine call, which can move
         greedy ties by rounding; a resumed run must batch exactly as the interrupted one did.
         """
-        keep = ("batch_size", "max_new_tokens", "max_prompt_tokens", "prompt_variant", "max_attempts",
+        keep = ("batch_size", "max_new_tokens", "max_prompt_tokens", "prompt_variant", "prompt_mode", "max_attempts",
                 "feedback_history", "num_candidates", "temperature", "check_aus", "au_f1_threshold", "check_label",
                 "require_format", "ban_hedges", "hedge_words", "dedup_descriptions", "shard_size", "round", "seed")
         out = {name: getattr(self, name) for name in keep}

@@ -1,8 +1,7 @@
 """Test doubles for stage 3: small labelled records with images, and a scripted candidate source.
 
-`ScriptedSource` stands in for the model: it reads each prompt's record and how many feedback
-sections its instruction holds (= the attempt number - 1 when the full history is kept) and answers
-according to a plan, so a test knows exactly which record should be accepted at which attempt.
+`ScriptedSource` stands in for the model: it reads each prompt's record and the attempt number
+(from the call's key path) and answers according to a plan, so a test knows exactly which record should be accepted at which attempt.
 A correct answer is written by the built-in reasoning writer from the record's own ground truth;
 wrong answers drop an AU, add one, or name another emotion.
 """
@@ -19,8 +18,6 @@ from facialr1_jax.data.reasoning import write_description
 from facialr1_jax.fea.emotions import EMOTIONS
 from facialr1_jax.fea.records import FEARecord
 from facialr1_jax.synth.generation import Candidate, PromptEncoder
-
-FEEDBACK_MARK = "Your previous answer was:"
 
 # (dataset, AUs, labels) cycled over the records: both, AU-only and emotion-only, as in the demo set.
 _KINDS = (
@@ -86,7 +83,7 @@ class ScriptedSource:
         out = []
         for prompt in prompts:
             record = prompt.record
-            attempt = prompt.instruction.count(FEEDBACK_MARK) + 1
+            attempt = key_path[2]  # (round, block, attempt, batch)
             target = self.plan(int(record.id[-3:]))
             if target is not None and attempt >= target:
                 # a duplicate-description problem in the feedback asks for new words

@@ -71,3 +71,14 @@ def test_quoted_answers_lose_control_tokens():
     text, _ = job.instruction("compact", 0, lambda _: True)
     assert "<|im_start|>" not in text and "<think>x</think>assistant" in text
     scripted.encoder().encode(job, text)  # a prompt with control tokens would raise here
+
+
+def test_task_mode_sends_the_training_prompt_without_ground_truth_or_feedback():
+    from facialr1_jax.data.examples import default_instruction
+
+    job = _job(3)
+    job.attempts.append(_attempt(1, "<think>one</think>", ["problem A"]))
+    text, dropped = job.instruction("compact", 0, lambda _: True, mode="task")
+    assert text == default_instruction(job.record, "compact") and dropped == 0
+    assert "anger" not in text.split("chosen from this list")[0] and "problem A" not in text
+    assert job.instruction("compact", 0, lambda _: False, mode="task") == (None, 0)

@@ -190,6 +190,19 @@ def test_first_passing_candidate_is_kept(tmp_path):
     assert stats["by_candidate"] == {"2": 4}
 
 
+def test_task_mode_is_rejection_sampling_with_the_training_prompt(tmp_path):
+    from facialr1_jax.data.examples import default_instruction
+
+    records = scripted.make_records(8)
+    source = scripted.ScriptedSource(plan)
+    stats = _run(tmp_path, source, records, _settings(prompt_mode="task"))
+    by_id = {r.id: r for r in records}
+    for _, rows in source.calls:
+        for record_id, instruction in rows:
+            assert instruction == default_instruction(by_id[record_id], "compact")
+    assert [row["accepted"] for row in stats["by_attempt"]] == [2, 2, 2]  # the plan, attempt by attempt
+
+
 def test_prompts_over_budget_are_rejected_without_generation(tmp_path):
     records = scripted.make_records(3)
     source = scripted.ScriptedSource(plan)
