@@ -125,16 +125,31 @@ def inverse_frequencies(rotary_dim: int, theta: float) -> jax.Array:
     return 1.0 / (theta**exponents)
 
 
-def masked_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped scaled-dot-product attention.
+def grouped_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped scaled-dot-product attention on head-major arrays.
 
-    query: (B, L, KV, G, D) where G query heads share each of the KV key/value heads;
-    key, value: (B, S, KV, D); mask: (B, L, S) boolean, True where a query may attend a key.
-    Returns (B, L, KV, G, D). Scores and softmax run in float32; a query row with no allowed key gets a
+    query: (B, KV, G, L, D) where G query heads share each of the KV key/value heads;
+    key, value: (B, KV, S, D); mask: (B, L, S) boolean, True where a query may attend a key.
+    Returns (B, KV, G, L, D). Scores and softmax run in float32; a query row with no allowed key gets a
     uniform (finite) distribution instead of NaN, and callers drop such rows (padding).
+
+    The batch dims (B, KV) lead in every operand and the key/value dims are (S, D) in that order, so
+    both contractions are plain batched matmuls: XLA never rearranges key or value. That matters for
+    the KV cache (stored in this layout), which would otherwise be transposed whole on every decode step.
     """
     scale = 1.0 / math.sqrt(query.shape[-1])
-    scores = jnp.einsum("blkgd,bskd->bkgls", query, key, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("bkgld,bksd->bkgls", query, key, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-    return jnp.einsum("bkgls,bskd->blkgd", probs, value)
+    return jnp.einsum("bkgls,bksd->bkgld", probs, value)
+
+
+def masked_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """`grouped_attention` on sequence-major arrays (what a per-token projection produces).
+
+    query: (B, L, KV, G, D); key, value: (B, S, KV, D); mask: (B, L, S). Returns (B, L, KV, G, D).
+    The transposes to head-major order are the ones a batched matmul needs anyway.
+    """
+    heads_major = grouped_attention(query.transpose(0, 2, 3, 1, 4), key.transpose(0, 2, 1, 3),
+                                    value.transpose(0, 2, 1, 3), mask)
+    return heads_major.transpose(0, 3, 1, 2, 4)
