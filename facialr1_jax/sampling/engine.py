@@ -106,6 +106,16 @@ class _Settings:
     return_logits: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One generate call, validated: the prefill program's arguments, its settings, the rows to keep."""
+
+    params: tuple
+    prefill_args: tuple
+    settings: _Settings
+    real_rows: int
+
+
 def default_stop_token_ids(config: Qwen2_5_VLConfig) -> tuple[int, ...]:
     """The model config's end-of-sequence id(s): for Qwen2.5-VL instruct models <|im_end|>."""
     eos = config.text_config.eos_token_id
@@ -299,6 +309,38 @@ class Engine:
         would make a training forward read it as an image; () = none). return_logits: also return the
         raw logits of every step (float32 (R, T, vocab); for tests and distillation).
         """
+        call = self._prepare_call(params, batch, max_new_tokens=max_new_tokens, num_samples=num_samples,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, rng=rng,
+                                  stop_token_ids=stop_token_ids, suppress_token_ids=suppress_token_ids,
+                                  return_logits=return_logits)
+        with self._tracing_context():
+            state = self._prefill_program(*call.prefill_args, settings=call.settings)
+            final, mask = self._decode_program(call.params, state, settings=call.settings)
+        out = GenerationOutput(tokens=final.tokens, log_probs=final.log_probs,
+                               policy_log_probs=final.policy_log_probs, mask=mask, lengths=final.lengths,
+                               num_steps=final.step, logits=final.logits)
+        if final.tokens.shape[0] != call.real_rows:
+            out = out.replace(**{name: getattr(out, name)[:call.real_rows] for name in
+                                 ("tokens", "log_probs", "policy_log_probs", "mask", "lengths")},
+                              logits=None if out.logits is None else out.logits[:call.real_rows])
+        return out
+
+    def compiled_decode_text(self, params: Any, batch: PromptBatch | Mapping[str, Any], *, max_new_tokens: int,
+                             **generate_options) -> str:
+        """The optimised HLO text of the decode program that `generate` with these arguments runs
+        (compiled if it is not yet; nothing is executed). For inspecting a decode step: layouts,
+        transposes, fusions, collectives."""
+        call = self._prepare_call(params, batch, max_new_tokens=max_new_tokens, **generate_options)
+        with self._tracing_context():
+            state = jax.eval_shape(lambda *args: self._prefill_program(*args, settings=call.settings),
+                                   *call.prefill_args)
+            lowered = self._decode_program.lower(call.params, state, settings=call.settings)
+        return lowered.compile().as_text()
+
+    def _prepare_call(self, params, batch, *, max_new_tokens, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
+                      greedy=False, rng=None, stop_token_ids=None, suppress_token_ids=None,
+                      return_logits=False) -> "_Call":
+        """Validates `generate`'s arguments and turns them into the programs' inputs (placed on devices)."""
         params = tuple(params) if isinstance(params, (tuple, list)) else (params,)
         batch = batch if isinstance(batch, PromptBatch) else PromptBatch.from_collated(batch)
         batch = jax.device_get(batch)
@@ -327,17 +369,8 @@ class Engine:
             batch = batch.with_rows(batch_bucket(batch.batch_size), self._filler_token_id())
             real_prompts = np.arange(batch.batch_size) < real_prompts.size
         batch, real_prompts = self._place(batch, real_prompts)
-        with self._tracing_context():
-            state = self._prefill_program(params, batch, real_prompts, rng, stops, suppressed, settings=settings)
-            final, mask = self._decode_program(params, state, settings=settings)
-        out = GenerationOutput(tokens=final.tokens, log_probs=final.log_probs,
-                               policy_log_probs=final.policy_log_probs, mask=mask, lengths=final.lengths,
-                               num_steps=final.step, logits=final.logits)
-        if final.tokens.shape[0] != real_rows:
-            out = out.replace(**{name: getattr(out, name)[:real_rows] for name in
-                                 ("tokens", "log_probs", "policy_log_probs", "mask", "lengths")},
-                              logits=None if out.logits is None else out.logits[:real_rows])
-        return out
+        return _Call(params=params, prefill_args=(params, batch, real_prompts, rng, stops, suppressed),
+                     settings=settings, real_rows=real_rows)
 
     def _default_key(self) -> jax.Array:
         if self._greedy_key is None:

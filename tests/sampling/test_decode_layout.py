@@ -1,0 +1,75 @@
+"""The compiled decode step reads the KV cache as it lies: no transpose of a cache-sized array.
+
+The cache is stored head-major, (rows, kv_heads, slots, head_dim), which is the operand order the
+attention's batched matmuls need. Stored any other way, XLA transposes every layer's whole cache on
+every decode step (about a fifth of a CPU decode step at the `small` preset); this reads the optimised
+HLO of the engine's decode program and fails if such a transpose (or a layout-changing copy, the other
+form XLA gives a transpose) comes back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from facialr1_jax.sampling import Engine
+from tests.sampling.prompts import image_prompts, prompt_batch
+
+# `%name = f32[8,2,40,16]{3,2,1,0} transpose(...)`, inside fusions too; copies are caught when their
+# layout differs from their operand's (a physical transpose) by comparing against the operand below.
+_INSTRUCTION = re.compile(r"%(?P<name>[\w.\-]+) = (?P<dtype>\w+)\[(?P<dims>[\d,]*)\]\{(?P<layout>[\d,]*)\}\s+"
+                          r"(?P<op>transpose|copy)\((?P<operand>[^)]*)\)")
+_SHAPE = re.compile(r"%(?P<name>[\w.\-]+) = \w+\[(?P<dims>[\d,]*)\]\{(?P<layout>[\d,]*)\}")
+
+
+def rearranged_arrays(hlo_text: str, min_elements: int) -> list[str]:
+    """Transposes, and copies that change layout, producing arrays of at least `min_elements`."""
+    layouts = {m["name"]: (m["dims"], m["layout"]) for m in _SHAPE.finditer(hlo_text)}
+    found = []
+    for m in _INSTRUCTION.finditer(hlo_text):
+        dims = [int(d) for d in m["dims"].split(",") if d]
+        if int(np.prod(dims, dtype=np.int64)) < min_elements:
+            continue
+        if m["op"] == "copy":
+            operand = m["operand"].strip().lstrip("%").split(",")[0]
+            if layouts.get(operand) == (m["dims"], m["layout"]):
+                continue  # same shape and layout: a plain copy, not a transpose
+        found.append(m.group(0))
+    return found
+
+
+def _cache_elements(config, rows: int, slots: int) -> int:
+    text = config.text_config
+    return rows * text.num_key_value_heads * slots * text.head_dim
+
+
+def test_the_detector_sees_a_transposed_cache():
+    # Guards the regex against HLO format changes: the old sequence-major contraction must be caught.
+    rows, slots, kv, dim = 8, 40, 2, 16
+    query = jnp.zeros((rows, 1, kv, 2, dim), jnp.float32)
+    cache = jnp.zeros((rows, slots, kv, dim), jnp.float32)
+    text = jax.jit(lambda q, c: jnp.einsum("blkgd,bskd->bkgls", q, c)).lower(query, cache).compile().as_text()
+    assert rearranged_arrays(text, rows * slots * kv * dim), "a cache-sized transpose was not detected"
+
+
+def test_compiled_decode_step_never_transposes_the_cache(tiny_model, tiny_config):
+    # Image prompts fanned out to 2 samples: the decode program generate really runs (rows = 4 prompt
+    # slots in the bucket x 2 samples, slots = prompt bucket + new tokens).
+    batch = prompt_batch(tiny_config, image_prompts(tiny_config))
+    new_tokens, samples = 8, 2
+    engine = Engine.for_model(tiny_model)
+    text = engine.compiled_decode_text(nnx.state(tiny_model), batch, max_new_tokens=new_tokens,
+                                       num_samples=samples, temperature=1.0, rng=jax.random.key(0))
+    rows = 4 * samples  # three prompts round up to a bucket of four
+    slots = batch.prompt_length + new_tokens
+    cache_state_shapes = re.findall(r"state_cache_keys_0_[.\w]*: (\w+\[[\d,]+\])", text)
+    assert cache_state_shapes, "the decode program has no cache argument to check"
+    text_config = tiny_config.text_config
+    assert cache_state_shapes[0] == (f"f32[{rows},{text_config.num_key_value_heads},{slots},"
+                                     f"{text_config.head_dim}]"), "the cache is not stored head-major"
+    offenders = rearranged_arrays(text, _cache_elements(tiny_config, rows, slots))
+    assert not offenders, f"the decode step rearranges cache-sized arrays: {offenders}"
