@@ -6,7 +6,14 @@
         logits = jax.jit(forward)(...)
 """
 
-from facialr1_jax.parallel.distributed import ProcessInfo, initialize_if_multihost, process_info
+from facialr1_jax.parallel.distributed import (
+    ClusterHint,
+    ProcessInfo,
+    detect_cluster,
+    initialize_if_multihost,
+    process_info,
+    to_host,
+)
 from facialr1_jax.parallel.mesh import MESH_AXES, make_mesh
 from facialr1_jax.parallel.rules import (
     SAMPLING_RULES,
@@ -22,6 +29,7 @@ from facialr1_jax.parallel.rules import (
 )
 
 __all__ = [
+    "ClusterHint",
     "MESH_AXES",
     "ProcessInfo",
     "Rules",
@@ -29,12 +37,14 @@ __all__ = [
     "TRAINING_RULES",
     "activation_sharding",
     "constrain",
+    "detect_cluster",
     "initialize_if_multihost",
     "logical_to_spec",
     "make_mesh",
     "process_info",
     "shard_model",
     "state_shardings",
+    "to_host",
     "variable_logical_axes",
     "variable_sharding",
 ]
