@@ -6,6 +6,11 @@ when that package provides it; before it exists `GreedyEvaluator.create` returns
 report the loss alone. Generated texts are scored by `facialr1_jax.eval.metrics.score_benchmark`
 (the oracle's parsing), so the format-valid rate, emotion accuracy and AU F1 reported during
 training are the numbers the evaluation harness would give.
+
+Multi-host: every process runs the same evaluation (the programs are collective). `EvalStep` places
+the host batches itself; generation runs on a view of the model without rematerialisation, placed
+once per evaluation under the sampling rules, and its sharded outputs are gathered to every host
+(`parallel.to_host`). Only process 0 writes the predictions file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from facialr1_jax.data.examples import EncodingConfig, PromptExample, TrainExamp
 from facialr1_jax.data.pipeline import element_images, pad_id_of
 from facialr1_jax.fea.profiles import find_profile, get_profile
 from facialr1_jax.fea.records import FEARecord
+from facialr1_jax.parallel import SAMPLING_RULES, files, shard_model, to_host
+from facialr1_jax.train.step import without_remat
 
 _log = logging.getLogger(__name__)
 
@@ -92,19 +99,27 @@ class GreedyEvaluator:
         return out
 
     def generate_texts(self, model, prompts: Sequence[PromptExample]) -> list[str]:
-        """Greedy completions of `prompts`, decoded up to (not including) the end-of-turn token."""
+        """Greedy completions of `prompts`, decoded up to (not including) the end-of-turn token.
+
+        The model is used through a view without rematerialisation (which forward-only sampling
+        does not need and whose layers do not trace inside the decode loop); on a multi-device
+        mesh the view's parameters are resharded once for sampling (`SAMPLING_RULES`), so a
+        decode step does not gather FSDP shards.
+        """
         texts: list[str] = []
         pad = pad_id_of(self.tokenizer)
+        sharded = self.mesh is not None and self.mesh.size > 1
+        model = without_remat(model)
+        if sharded:
+            shard_model(model, self.mesh, SAMPLING_RULES)
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start:start + self.batch_size])
             batch = batching.collate_prompts(chunk, self.model_config, pad_id=pad,
                                              max_length=self.encoding.max_prompt_tokens,
                                              batch_size=self.batch_size)
-            sharded = self.mesh is not None and self.mesh.size > 1
             result = self.generate(model, batch, max_new_tokens=self.max_new_tokens, greedy=True,
                                    mesh=self.mesh if sharded else None)
-            tokens = np.asarray(jax.device_get(result.tokens))
-            lengths = np.asarray(jax.device_get(result.lengths))
+            tokens, lengths = to_host((result.tokens, result.lengths))
             for row in range(len(chunk)):
                 texts.append(self.tokenizer.decode(tokens[row, : lengths[row]].tolist(), skip_special_tokens=True))
         return texts
@@ -119,9 +134,8 @@ class GreedyEvaluator:
         records = [prompt.record for prompt in prompts]
         metrics, scores = score_benchmark(texts, records, scoring_profile(records))
         if predictions_path is not None:
-            with open(predictions_path, "w", encoding="utf-8") as stream:
-                for text, score in zip(texts, scores):
-                    stream.write(json.dumps({"prediction": text, **score.to_json()}) + "\n")
+            files.write_text(predictions_path, "".join(
+                json.dumps({"prediction": text, **score.to_json()}) + "\n" for text, score in zip(texts, scores)))
         row = {"generated_examples": len(texts)}
         for name in ("format_valid", "emotion_accuracy", "au_f1_micro", "au_f1_macro", "rouge_l"):
             value = getattr(metrics, name)

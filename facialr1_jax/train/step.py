@@ -27,7 +27,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from facialr1_jax.parallel.rules import Rules, activation_sharding
@@ -67,14 +69,50 @@ def batch_shardings(batch: dict, mesh: Mesh) -> dict:
 
 
 def put_batch(batch: dict, shardings: dict) -> dict:
-    """Host numpy batch -> global jax arrays with `shardings`.
+    """Host numpy GLOBAL batch -> global jax arrays with `shardings`.
 
-    Uses `make_array_from_process_local_data`, so in a multi-host run each process passes the rows
-    it loaded and the result is one global array; on one host this is a sharded device_put.
+    Every process passes the same whole batch (the data pipeline runs with the same seed on every
+    host). `make_array_from_process_local_data` is told the global shape, so each process copies
+    only the rows its own devices hold; without it JAX would read each host's copy as that host's
+    share and build a batch `process_count` times larger. On one host this is a sharded device_put.
     """
     return jax.tree.map(
-        lambda leaf, sharding: jax.make_array_from_process_local_data(sharding, leaf), batch, shardings
+        lambda leaf, sharding: jax.make_array_from_process_local_data(sharding, leaf, leaf.shape),
+        batch, shardings,
     )
+
+
+def _is_host_tree(tree: Any) -> bool:
+    """True when no leaf is a jax.Array yet (a host batch that still has to be placed)."""
+    return not any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(tree))
+
+
+def without_remat(model: nnx.Module) -> nnx.Module:
+    """A view of `model` (same parameter arrays, new module objects) with rematerialisation off.
+
+    Forward-only programs (held-out loss, GRPO log-probs, sampling) have no backward pass whose
+    memory remat would save, and flax's `nnx.remat` cannot run a layer whose parameters were merged
+    outside the loop that calls it (the decode `while_loop`, a `lax.map` / `lax.scan` over
+    micro-batches closing over the parameters: "Cannot mutate Param from a different trace level").
+    Every submodule with a boolean `remat` attribute (the decoder stack, the vision tower) is turned
+    off; the module passed in is not modified.
+    """
+    graphdef, state = nnx.split(model)
+    # New Variable objects around the same arrays: placing or updating the view leaves `model` alone.
+    view = nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf, state))
+    for _, module in nnx.iter_modules(view):
+        if isinstance(getattr(module, "remat", None), bool):
+            module.remat = False
+    return view
+
+
+def forward_only(model_def: ModelDef, params: Any) -> ModelDef:
+    """`model_def` rebuilt with rematerialisation off (see `without_remat`); `params` (arrays or
+    ShapeDtypeStructs) only give the structure, nothing is copied."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    model = without_remat(nnx.merge(model_def.graphdef, abstract, model_def.frozen))
+    graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+    return ModelDef(graphdef, model_def.frozen)
 
 
 def _num_micro_batches(batch: dict) -> int:
@@ -210,11 +248,17 @@ class TrainStep:
 
 
 class EvalStep:
-    """`sums = eval_step(params, batch)`: loss sum, denominator and extras over all micro-batches."""
+    """`sums = eval_step(params, batch)`: loss sum, denominator and extras over all micro-batches.
+
+    The batch may be host (numpy) arrays: they are placed with `put_batch` first, which multi-process
+    JAX requires (it refuses numpy arguments for sharded inputs). The model runs without
+    rematerialisation (`forward_only`): there is no backward pass.
+    """
 
     def __init__(self, model_def: ModelDef, loss_fn: LossFn, params_shardings: Any, mesh: Mesh, *,
                  rules: Rules | None = None):
         self.model_def = model_def
+        self._forward_def: ModelDef | None = None
         self.rules = rules
         self.loss_fn = loss_fn
         self.params_shardings = params_shardings
@@ -223,22 +267,29 @@ class EvalStep:
 
     def _evaluate(self, params: Any, batch: dict, rng: jax.Array) -> dict:
         _, loss_sum, denominator, extras = accumulate(
-            self.model_def, self.loss_fn, params, batch, rng, with_grads=False
+            self._forward_def, self.loss_fn, params, batch, rng, with_grads=False
         )
         return {"loss_sum": loss_sum, "denominator": denominator, **extras}
 
     def __call__(self, params: Any, batch: dict, rng: jax.Array | None = None) -> dict:
+        if self._forward_def is None:
+            self._forward_def = forward_only(self.model_def, params)
         key = batch_signature(batch)
         if key not in self._compiled:
             replicated = NamedSharding(self.mesh, PartitionSpec())
-            self._compiled[key] = jax.jit(
+            shardings = batch_shardings(batch, self.mesh)
+            self._compiled[key] = (jax.jit(
                 self._evaluate,
-                in_shardings=(self.params_shardings, batch_shardings(batch, self.mesh), replicated),
+                in_shardings=(self.params_shardings, shardings, replicated),
                 out_shardings=replicated,
-            )
-        if rng is None:
-            rng = jax.random.PRNGKey(0)
+            ), shardings)
+        program, shardings = self._compiled[key]
+        if _is_host_tree(batch):
+            batch = put_batch(batch, shardings)
+        if rng is None:  # a replicated global array: every process may pass it to the sharded program
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            rng = jax.make_array_from_process_local_data(replicated, np.zeros((2,), np.uint32))
         if self.rules is None:
-            return self._compiled[key](params, batch, rng)
+            return program(params, batch, rng)
         with activation_sharding(self.mesh, self.rules):
-            return self._compiled[key](params, batch, rng)
+            return program(params, batch, rng)
