@@ -33,7 +33,8 @@ import numpy as np
 from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data.examples import EncodingConfig, encode_prompt_example
 from facialr1_jax.fea.emotions import EMOTIONS
-from facialr1_jax.parallel import TRAINING_RULES
+from facialr1_jax import config_validation
+from facialr1_jax.parallel import TRAINING_RULES, files, to_host
 from facialr1_jax.rewards import encode_ground_truth, make_reward_fn
 from facialr1_jax.sampling import Engine
 from facialr1_jax.train import checkpoint as checkpoint_lib
@@ -188,8 +189,7 @@ def _rollout_statistics(rewards: dict, records, num_generations: int, lengths: n
 def run_grpo(config: Any, workdir: str) -> dict:
     """Runs stage 2 into `workdir` (resuming from it when it holds a checkpoint)."""
     start_time = time.time()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = files.makedirs(workdir)  # a local folder (made absolute) or a URL such as gs://bucket/run
     is_main = jax.process_index() == 0
     g = config.grpo
     num_generations, prompts_per_step, mu = int(g.num_generations), int(g.prompts_per_step), int(g.mu)
@@ -202,6 +202,7 @@ def run_grpo(config: Any, workdir: str) -> dict:
     initial = resolve_initial_checkpoint(config, workdir)
     run_config = _with_checkpoint(config, initial)
     mesh = sft.mesh_from_config(run_config)
+    config_validation.check_batch_split(run_config, dict(mesh.shape))
     model, tokenizer, model_meta = sft.build_model(run_config, mesh)
     model_config = model.config
     encoding = EncodingConfig.from_config(run_config)
@@ -216,17 +217,19 @@ def run_grpo(config: Any, workdir: str) -> dict:
     tx, schedule = optim.make_optimizer(config.optimizer, max(total_updates, 1))
     model_def, state, state_shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), mesh=mesh)
     del model
-    engine = Engine(model_def.graphdef, model_config, mesh=mesh)
+    # Sampling and log-prob programs are forward only: built without remat (step_lib.forward_only).
+    forward_def = step_lib.forward_only(model_def, state.params)
+    engine = Engine(forward_def.graphdef, model_config, mesh=mesh)
     loss_settings = _loss_settings(config)
     train_step = step_lib.TrainStep(model_def, make_grpo_loss(loss_settings, use_stored_old_log_probs=mu > 1),
                                     tx, schedule, state_shardings, mesh, rules=TRAINING_RULES)
-    log_prob_fn = make_log_prob_fn(model_def, state_shardings.params, mesh, int(g.max_new_tokens))
+    log_prob_fn = make_log_prob_fn(forward_def, state_shardings.params, mesh, int(g.max_new_tokens))
     # The frozen reference policy: the initial parameters (only held when the KL term is on).
     reference_params = jax.tree.map(jnp.copy, state.params) if float(g.beta) > 0 else None
     reward_fn = make_reward_fn(tokenizer, EMOTIONS, config.rewards)
     generator = evaluation.GreedyEvaluator.create(tokenizer, encoding, model_config,
                                                   max_new_tokens=int(g.max_new_tokens),
-                                                  batch_size=int(g.eval_batch_size))
+                                                  batch_size=int(g.eval_batch_size), mesh=mesh)
 
     cycler = PromptCycler(len(rl_split), seed=int(config.seed), shuffle=bool(config.data.shuffle))
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
@@ -247,14 +250,12 @@ def run_grpo(config: Any, workdir: str) -> dict:
     # -------- the before table (computed once; a resumed run reads it back)
     before_path = os.path.join(workdir, BEFORE_FILE)
     eval_count = int(g.eval_num_examples)
-    if generator is not None and os.path.exists(before_path):
-        with open(before_path, encoding="utf-8") as stream:
-            before = json.load(stream)
+    if generator is not None and files.exists(before_path):
+        before = json.loads(files.read_text(before_path))
     elif generator is not None:
         before = generator.evaluate(model_def.merge(state.params), test_split, num_examples=eval_count)
         if is_main:
-            with open(before_path, "w", encoding="utf-8") as stream:
-                json.dump(before, stream, indent=2)
+            files.write_text(before_path, json.dumps(before, indent=2))
     else:
         before = {}
 
@@ -278,15 +279,17 @@ def run_grpo(config: Any, workdir: str) -> dict:
         collated = batching.collate_prompts(prompts, model_config, pad_id=pad_id,
                                             max_length=encoding.max_prompt_tokens)
         key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), rollout_index)
-        out = engine.generate((current_state.params, model_def.frozen), collated,
+        # Resharded once per rollout for sampling (a no-op on one device), not gathered per decode step.
+        out = engine.generate((engine.place_params(current_state.params), model_def.frozen), collated,
                               max_new_tokens=int(g.max_new_tokens), num_samples=num_generations,
                               temperature=float(g.temperature), top_k=int(g.top_k), top_p=float(g.top_p), rng=key)
-        tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
+        tokens, mask, lengths, policy_log_probs = to_host(
+            (out.tokens, out.mask, out.lengths, out.policy_log_probs))  # gathered from every host
         label_ids = np.array([EMOTIONS.index(r.label) if r.label in EMOTIONS else -1 for r in records], np.int32)
         au_truth = encode_ground_truth([r.aus for r in records])
         rewards = reward_fn(out.tokens, out.mask > 0, jnp.repeat(jnp.asarray(label_ids), num_generations),
                             jnp.repeat(jnp.asarray(au_truth), num_generations, axis=0))
-        rewards = {name: np.asarray(value) for name, value in jax.device_get(rewards).items()}
+        rewards = to_host(dict(rewards))
         total = jnp.asarray(rewards["total"])
         scale, eps = g.advantage, float(g.advantage_eps)
         if g.au_think_only:
@@ -306,9 +309,8 @@ def run_grpo(config: Any, workdir: str) -> dict:
             device_batch["old_log_probs"] = log_prob_fn(current_state.params, device_batch)
         if reference_params is not None:
             device_batch["ref_log_probs"] = log_prob_fn(reference_params, device_batch)
-        lengths = np.asarray(out.lengths)
         stats.add(_rollout_statistics(rewards, records, num_generations, lengths,
-                                      np.asarray(out.policy_log_probs), mask, np.asarray(advantages)))
+                                      policy_log_probs, mask, np.asarray(advantages)))
         if samples_log is not None:
             shown = []
             for row in range(min(int(g.log_samples), tokens.shape[0])):
@@ -377,12 +379,11 @@ def run_grpo(config: Any, workdir: str) -> dict:
         "wall_seconds": round(time.time() - start_time, 1),
     }
     if is_main:
-        with open(os.path.join(workdir, RESULT_FILE), "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=2)
+        files.write_text(os.path.join(workdir, RESULT_FILE), json.dumps(result, indent=2))
         if after:
             table = before_after_table(before, after, num_examples=eval_count)
-            with open(os.path.join(workdir, REPORT_FILE), "w", encoding="utf-8") as stream:
-                stream.write(f"# GRPO before/after on the held-out test split\n\n{table}\n")
+            files.write_text(os.path.join(workdir, REPORT_FILE),
+                             f"# GRPO before/after on the held-out test split\n\n{table}\n")
             print(table, flush=True)
     return result
 
