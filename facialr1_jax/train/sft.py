@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from facialr1_jax import models
+from facialr1_jax import config_validation, models
 from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.data.examples import EncodingConfig, encode_sft_example
-from facialr1_jax.parallel import TRAINING_RULES, make_mesh, shard_model
+from facialr1_jax.parallel import TRAINING_RULES, files, make_mesh, shard_model
 from facialr1_jax.train import checkpoint as checkpoint_lib
 from facialr1_jax.train import evaluation, forward, loop, optim
 from facialr1_jax.train import state as state_lib
@@ -161,10 +161,10 @@ def run_sft(config: Any, workdir: str) -> dict:
     """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict."""
     start_time = time.time()
     quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = files.makedirs(workdir)  # a local folder (made absolute) or a URL such as gs://bucket/run
     is_main = jax.process_index() == 0
     mesh = mesh_from_config(config)
+    config_validation.check_batch_split(config, dict(mesh.shape))
     model, tokenizer, model_meta = build_model(config, mesh)
     encoding = EncodingConfig.from_config(config)
 
@@ -270,8 +270,7 @@ def run_sft(config: Any, workdir: str) -> dict:
         "wall_seconds": round(time.time() - start_time, 1),
     }
     if is_main:
-        with open(os.path.join(workdir, RESULT_FILE), "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=2)
+        files.write_text(os.path.join(workdir, RESULT_FILE), json.dumps(result, indent=2))
         _log.info("SFT %s at step %d: %s", outcome.status, outcome.step,
                   ", ".join(f"{k} {v:.4g}" for k, v in final_eval.items() if isinstance(v, (int, float))))
     return result
