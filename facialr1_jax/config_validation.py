@@ -9,6 +9,7 @@ stage config carries the sections it uses.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any, Callable
 
@@ -183,3 +184,50 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
             raise ConfigError(
                 f"config.{prefix}data.source = 'jsonl' needs config.{prefix}data.image_root (the folder images live in)"
             )
+
+
+def _batch_split(mesh_shape: dict) -> int:
+    split = 1
+    for axis in ("data", "fsdp"):
+        split *= int(mesh_shape.get(axis, 1))
+    return split
+
+
+def micro_batch_rows(config: ml_collections.ConfigDict) -> tuple[str, int] | None:
+    """(the config key that sets the rows of one micro-batch, those rows) for an SFT or GRPO config."""
+    if config.get("stage") == "sft" and "sft" in config:
+        return "sft.micro_batch_size", int(config.sft.micro_batch_size) or int(config.sft.batch_size)
+    if config.get("stage") == "grpo" and "grpo" in config:
+        g = config.grpo
+        return "grpo.micro_batch_size", int(g.micro_batch_size) or int(g.prompts_per_step) * int(g.num_generations)
+    return None
+
+
+def check_batch_split(config: ml_collections.ConfigDict, mesh_shape: dict, prefix: str = "") -> None:
+    """Raises ConfigError when a train micro-batch does not split over the mesh's `data x fsdp` devices
+    while parameters are sharded over `fsdp`.
+
+    The train step splits each micro-batch's rows over the batch axes; rows that do not divide evenly
+    leave the batch replicated, so every device computes every row. Under FSDP that is the
+    7B-on-8-devices failure mode (a micro-batch of 4 on 8 devices: 167 GiB per device in the plan
+    instead of a fraction of it), so it is an error naming the knob. Pure data parallelism with a
+    small batch (demo runs on many fake devices) only costs time: a warning.
+    `mesh_shape` is the built mesh's {axis: size} (after -1 was resolved).
+    """
+    found = micro_batch_rows(config)
+    if found is None:
+        return
+    key, rows = found
+    split = _batch_split(mesh_shape)
+    if int(mesh_shape.get("fsdp", 1)) > 1 and rows % split:
+        set_to = int(config[key.split(".")[0]].micro_batch_size)
+        meaning = "" if set_to else (" (0: sft.batch_size rows at once)" if key.startswith("sft") else
+                                     " (0: all prompts_per_step x num_generations rows at once)")
+        raise ConfigError(
+            f"config.{prefix}{key} = {set_to}{meaning}: {rows} rows per micro-batch do not split over the mesh's "
+            f"data x fsdp = {split} devices ({dict(mesh_shape)}): every device would compute every row. "
+            f"Set config.{prefix}{key} to a multiple of {split}")
+    if rows % split:
+        logging.getLogger(__name__).warning(
+            "config.%s%s: %d rows per micro-batch do not split over the %d data-parallel devices; every "
+            "device computes every row (set a multiple of %d to spread them)", prefix, key, rows, split, split)

@@ -29,12 +29,12 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from facialr1_jax.data import images as image_lib
+from facialr1_jax.parallel import files
 from facialr1_jax.fea.profiles import find_profile
 from facialr1_jax.fea.records import (
     ON_ERROR_MODES,
@@ -147,12 +147,13 @@ class ScanResult:
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a JSON report, creating the folder; written whole, then renamed into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, target)
+    """Write a JSON report whole, creating the folder (local paths or URLs such as gs://...).
+
+    Every process of a multi-host run loads the same data and may write the same report into a
+    shared workdir at once: `parallel.files.write_text` renames a per-host, per-process temporary
+    file into place (or uploads the object in one go), so concurrent writers never collide.
+    """
+    files.write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------- scanning

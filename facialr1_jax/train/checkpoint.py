@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from facialr1_jax.parallel import files
 from facialr1_jax.train.state import TrainState, abstract_train_state
 
 _log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ class Checkpointer:
     """A CheckpointManager over WORKDIR/checkpoints with the items of the module docstring."""
 
     def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
+        # A local folder (absolute) or a URL such as gs://bucket/run, which orbax writes to directly.
+        self.directory = os.path.join(files.resolve(workdir), CHECKPOINT_SUBDIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
@@ -135,7 +137,7 @@ class Checkpointer:
             ),
             "meta": ocp.args.JsonRestore(),
         }
-        has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
+        has_data = with_data and files.as_path(self.directory).joinpath(str(step), "data").is_dir()
         if has_data:
             items["data"] = DataStateRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -172,18 +174,18 @@ def model_meta(model_config: Any, *, preset: str, dtype: str, param_dtype: str, 
 
 
 def _is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and any(
-        name.endswith(".safetensors") for name in os.listdir(path)
-    )
+    folder = files.as_path(path)
+    return (folder / "config.json").is_file() and any(child.name.endswith(".safetensors") for child in folder.iterdir())
 
 
 def _is_step_dir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "meta"))
+    folder = files.as_path(path)
+    return (folder / "params").is_dir() and (folder / "meta").is_dir()
 
 
 def _numeric_subdirs(path: str) -> list[int]:
-    return sorted(int(name) for name in os.listdir(path)
-                  if re.fullmatch(r"\d+", name) and _is_step_dir(os.path.join(path, name)))
+    return sorted(int(child.name) for child in files.as_path(path).iterdir()
+                  if re.fullmatch(r"\d+", child.name) and _is_step_dir(os.path.join(path, child.name)))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str, int | None]:
@@ -192,10 +194,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str, int | None]:
     Accepted: a Hugging Face folder (config.json + safetensors); a training workdir (its latest
     checkpoint); a `checkpoints/` folder (its latest step); one step folder (`.../checkpoints/120`).
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
+    path = files.resolve(path).rstrip("/")
+    if not files.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if not os.path.isdir(path):
+    if not files.as_path(path).is_dir():
         raise ValueError(f"checkpoint path {path} is a file; give a workdir, a step folder or a Hugging Face folder")
     if _is_hf_dir(path):
         return "hf", path, None
@@ -205,7 +207,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str, int | None]:
             raise ValueError(f"checkpoint step folder {path} is not named by its step number")
         return "orbax", os.path.dirname(path), int(name)
     for manager_dir in (os.path.join(path, CHECKPOINT_SUBDIR), path):
-        if os.path.isdir(manager_dir):
+        if files.as_path(manager_dir).is_dir():
             steps = _numeric_subdirs(manager_dir)
             if steps:
                 return "orbax", manager_dir, steps[-1]

@@ -11,6 +11,9 @@ Files under the workdir:
 Resuming: a run restarted from a checkpoint at step k first drops the JSONL rows with step > k (a
 crash after the last checkpoint would otherwise leave rows that the resumed run writes again), so
 the file always describes one consistent trajectory.
+
+The workdir may be a local folder or a URL such as gs://bucket/run (`parallel.files`, etils.epath):
+JSONL files on an object store, which cannot append, are rewritten whole at every write.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+
+from facialr1_jax.parallel import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -49,29 +54,46 @@ class StepJsonl:
 
     Opening it at `start_step` first drops rows whose "step" is larger (written after the last
     checkpoint by a run that then crashed), so re-running those steps does not duplicate them.
+    A local file is appended to and flushed per row; on an object store (gs://...), where objects
+    cannot be appended to, the whole file is rewritten at every row.
     """
 
     def __init__(self, path: str, start_step: int = 0):
         self.path = path
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as stream:
-                kept = [line for line in stream if line.strip() and int(json.loads(line).get("step", 0)) <= start_step]
+        self._remote = files.is_remote(path)
+        kept = []
+        if files.exists(path):
+            with files.open_file(path) as stream:
+                kept = [line if line.endswith("\n") else line + "\n" for line in stream
+                        if line.strip() and int(json.loads(line).get("step", 0)) <= start_step]
+        if self._remote:
+            self._lines = kept
+            files.write_text(path, "".join(kept))
+            self._stream = None
+        else:
+            files.makedirs(os.path.dirname(files.resolve(path)))
             with open(path, "w", encoding="utf-8") as stream:
                 stream.writelines(kept)
-        self._stream = open(path, "a", encoding="utf-8")
+            self._stream = open(path, "a", encoding="utf-8")
 
     def write(self, row: Mapping[str, Any]) -> None:
-        self._stream.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self._stream is None:
+            self._lines.append(line)
+            files.write_text(self.path, "".join(self._lines))
+            return
+        self._stream.write(line)
         self._stream.flush()
 
     def close(self) -> None:
-        self._stream.close()
+        if self._stream is not None:
+            self._stream.close()
 
 
 def read_jsonl_rows(path: str) -> list[dict]:
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path, encoding="utf-8") as stream:
+    with files.open_file(path) as stream:
         return [json.loads(line) for line in stream if line.strip()]
 
 
@@ -148,7 +170,7 @@ class MetricsLogger:
         self._items_since_timer = 0.0
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
+        files.makedirs(workdir)
         self._jsonl = StepJsonl(os.path.join(workdir, METRICS_FILE), self.start_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -237,9 +259,10 @@ def plot_loss_curve(workdir: str, output: str | None = None) -> str | None:
     axis.set_yscale("log")
     axis.grid(True, alpha=0.3)
     axis.legend()
-    axis.set_title(os.path.basename(os.path.abspath(workdir)))
+    axis.set_title(os.path.basename(files.resolve(workdir).rstrip("/")))
     figure.tight_layout()
     output = output or os.path.join(workdir, LOSS_CURVE_FILE)
-    figure.savefig(output)
+    with files.open_file(output, "wb") as stream:
+        figure.savefig(stream, format="png")
     plt.close(figure)
     return output
