@@ -81,6 +81,8 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.optimizer.schedule = "constant"
         c.grpo.num_steps = 1000
         c.grpo.prompts_per_step = 16
+        # 128 completions per step in 8 micro-batches of 16: an even split over 8 or 16 devices.
+        c.grpo.micro_batch_size = 16
         c.grpo.max_new_tokens = 1024
     else:
         raise ValueError(f"configs/grpo.py: unknown variant {variant!r} (known: demo, qwen2_5_vl_3b, qwen2_5_vl_7b)")

@@ -57,6 +57,8 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.optimizer.warmup_steps = 0
         c.sft.num_epochs = 2.0
         c.sft.batch_size = 32
-        c.sft.micro_batch_size = 4
+        # 16 rows split evenly over data x fsdp = 8 or 16 devices (2 or 1 per device); a micro-batch
+        # that does not divide over them is an error under FSDP (config_validation.check_batch_split).
+        c.sft.micro_batch_size = 16
     else:
         raise ValueError(f"configs/sft.py: unknown variant {variant!r} (known: demo, qwen2_5_vl_3b, qwen2_5_vl_7b)")
