@@ -100,3 +100,48 @@ def test_nested_warm_start_is_validated_with_its_path():
     config.warm_start.optimizer.lr = -2.0
     with pytest.raises(config_validation.ConfigError, match=r"config.warm_start.optimizer.lr = -2.0 must be > 0"):
         config_validation.validate(config)
+
+
+@pytest.mark.parametrize("name", ["sft", "grpo"])
+@pytest.mark.parametrize("variant", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
+@pytest.mark.parametrize("devices", [8, 16])
+def test_large_recipes_split_their_micro_batches_over_fsdp(name, variant, devices):
+    """The 3B / 7B recipes use fsdp = all devices: their train micro-batches (and the SFT warm start's)
+    must divide over 8 and 16 devices, or every device would compute every row."""
+    config = importlib.import_module(f"configs.{name}").get_config(variant)
+    for section in (config, config.get("warm_start")):
+        if section is None:
+            continue
+        assert section.mesh.data == 1 and section.mesh.fsdp == -1
+        key, rows = config_validation.micro_batch_rows(section)
+        assert rows % devices == 0, (section.stage, key, rows)
+        config_validation.check_batch_split(section, {"data": 1, "fsdp": devices, "tensor": 1})
+
+
+@pytest.mark.parametrize("micro,error", [(4, True), (0, False), (12, True), (16, False)])
+def test_micro_batch_that_does_not_split_over_fsdp_names_the_knob(micro, error):
+    config = importlib.import_module("configs.sft").get_config("qwen2_5_vl_7b")
+    config.sft.micro_batch_size = micro  # 0 = the whole batch of 32
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    if not error:
+        config_validation.check_batch_split(config, mesh)
+        return
+    with pytest.raises(config_validation.ConfigError, match=rf"config\.sft\.micro_batch_size = {micro}: .*multiple of 8"):
+        config_validation.check_batch_split(config, mesh)
+
+
+def test_grpo_micro_batch_zero_counts_every_completion():
+    config = importlib.import_module("configs.grpo").get_config("qwen2_5_vl_7b")
+    config.grpo.micro_batch_size = 0
+    config.grpo.prompts_per_step = 3  # 24 completions at once: not a multiple of 16
+    config_validation.check_batch_split(config, {"data": 2, "fsdp": 4, "tensor": 1})  # 24 % 8 == 0
+    with pytest.raises(config_validation.ConfigError, match=r"grpo\.micro_batch_size = 0 \(0: all prompts_per_step"):
+        config_validation.check_batch_split(config, {"data": 1, "fsdp": 16, "tensor": 1})
+
+
+def test_data_parallel_only_mesh_warns_instead(caplog):
+    config = importlib.import_module("configs.sft").get_config("demo")
+    config.sft.batch_size, config.sft.micro_batch_size = 4, 2
+    with caplog.at_level("WARNING"):
+        config_validation.check_batch_split(config, {"data": 8, "fsdp": 1, "tensor": 1})
+    assert "sft.micro_batch_size" in caplog.text
