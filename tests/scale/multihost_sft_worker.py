@@ -1,15 +1,17 @@
 """One process of the 2-process SFT + orbax checkpoint test (tests/scale/test_multihost.py).
 
 Run with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set (one CPU device per
-process). Joins the cluster through `parallel.initialize_if_multihost`, trains the tiny preset for
-three SFT steps on a mesh that spans both processes (parameters split over `fsdp`, so each process
-owns half of every sharded array), checkpoints with the project's orbax `Checkpointer` into a
-shared folder, takes a fourth step, restores the checkpoint into fresh shardings, retakes the fourth
-step from the restored state, and prints one `RESULT {json}` line.
+process). Joins the cluster through `parallel.initialize_if_multihost`; on a mesh that spans both
+processes (parameters split over `fsdp`, so each process owns half of every sharded array) it first
+evaluates the fresh model as `run_sft` does (held-out loss from host batches, greedy generation
+gathered to every host), then trains the tiny preset for three SFT steps, checkpoints with the
+project's orbax `Checkpointer` into a shared folder, takes a fourth step, restores the checkpoint
+into fresh shardings, retakes the fourth step from the restored state, and prints one
+`RESULT {json}` line.
 
-Data: every process builds the same global batch (as `train.sft.run_sft` does today) and hands it
-to `jax.make_array_from_process_local_data` with the GLOBAL shape, so each device keeps exactly its
-own rows.
+Data: every process builds the same global batch (as `train.sft.run_sft` does) and hands it to
+`train.step.put_batch`, which tells `jax.make_array_from_process_local_data` the GLOBAL shape, so
+each device keeps exactly its own rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from facialr1_jax.parallel import TRAINING_RULES, initialize_if_multihost, make_mesh
 from facialr1_jax.parallel.planning import synthetic_sft_batch
 from facialr1_jax.train import checkpoint as checkpoint_lib
+from facialr1_jax.train import evaluation
 from facialr1_jax.train import state as state_lib
 from facialr1_jax.train import step as step_lib
 from facialr1_jax.train.metrics import MetricsLogger
@@ -34,8 +37,16 @@ from tests.scale import scale_setup  # noqa: E402  (shared with the test, which 
 
 
 def put_global_batch(batch: dict, mesh) -> dict:
-    shardings = step_lib.batch_shardings(batch, mesh)
-    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape), batch, shardings)
+    return step_lib.put_batch(batch, step_lib.batch_shardings(batch, mesh))
+
+
+def evaluate_fresh_model(model_def, params, shardings, mesh) -> dict:
+    """Held-out loss over host batches (EvalStep places them) and greedy token ids (as text)."""
+    eval_step = step_lib.EvalStep(model_def, sft_loss, shardings.params, mesh, rules=TRAINING_RULES)
+    held_out = evaluation.held_out_loss(eval_step, params, scale_setup.held_out_host_batches())
+    evaluation.pad_id_of = lambda tokenizer: 0  # the test tokenizer has no pad token; the batches use 0
+    texts = scale_setup.greedy_evaluator(mesh).generate_texts(model_def.merge(params), scale_setup.greedy_prompts())
+    return {"held_out": held_out, "texts": texts}
 
 
 def local_shards(tree) -> list[np.ndarray]:
@@ -55,6 +66,7 @@ def main(workdir: str) -> None:
                                    seed=seed) for seed in range(4)]
     logger = MetricsLogger(workdir, total_steps=4, enabled=info.is_main, tensorboard=False, progress_bar=False)
 
+    fresh = evaluate_fresh_model(model_def, state.params, shardings, mesh)
     program = scale_setup.aot_compile(train_step, state, put_global_batch(batches[0], mesh))
     rows = []
     for step, batch in enumerate(batches[:3], start=1):
@@ -86,7 +98,7 @@ def main(workdir: str) -> None:
     print("RESULT " + json.dumps({
         "process": info.process_index, "steps": rows, "continued": continued, "resumed": resumed,
         "restored_step": restored.step, "data_state": restored.data_state, "params_equal": params_equal,
-        "placement_kept": placement_kept, "local_param_shards": len(saved_params),
+        "placement_kept": placement_kept, "local_param_shards": len(saved_params), "fresh": fresh,
     }), flush=True)
 
 

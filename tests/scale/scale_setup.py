@@ -42,3 +42,38 @@ def aot_compile(train_step, state, batch):
     with activation_sharding(train_step.mesh, train_step.rules):
         lowered = train_step.compiled(batch).lower(state, batch)
     return lowered.compile(compiler_options=compiler_options())
+
+
+class IdTokenizer:
+    """Decodes ids as their numbers: multi-host tests compare generated token ids, not words."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids)
+
+
+HELD_OUT_BATCH = dict(num_micro_batches=1, micro_batch_size=4, max_length=64)
+GREEDY_SHAPE = ExampleShape(sequence_tokens=16, target_tokens=0, image_grid=None)
+
+
+def held_out_host_batches() -> list[dict]:
+    """Two held-out loss batches as `train.sft.held_out_batches` builds them: host numpy arrays."""
+    from facialr1_jax.parallel.planning import synthetic_sft_batch
+
+    return [synthetic_sft_batch(CONFIG, MULTIHOST_SFT_SHAPE, **HELD_OUT_BATCH, seed=100 + i) for i in range(2)]
+
+
+def greedy_prompts():
+    from facialr1_jax.parallel.planning import synthetic_prompts
+
+    return synthetic_prompts(CONFIG, GREEDY_SHAPE, 3, seed=7)
+
+
+def greedy_evaluator(mesh):
+    """A `GreedyEvaluator` of 4 new tokens over batches of 4 prompts (the engine's ids as text)."""
+    import types
+
+    from facialr1_jax.train import evaluation
+
+    return evaluation.GreedyEvaluator(evaluation.load_generate(), IdTokenizer(),
+                                      types.SimpleNamespace(max_prompt_tokens=32), CONFIG, max_new_tokens=4,
+                                      batch_size=4, mesh=mesh)
