@@ -56,3 +56,55 @@ def test_two_processes_join_one_cluster_from_environment(tmp_path):
     outputs = [w.communicate(timeout=120)[0] for w in workers]
     results = sorted(line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RESULT"))
     assert results == [["0", "2", "2", "2"], ["1", "2", "2", "2"]], outputs
+
+
+# ----------------------------------------------------------------------------- cluster detection
+def _pci_bus(tmp_path, vendors):
+    """A fake /sys/bus/pci/devices with one device per vendor id."""
+    root = tmp_path / "pci"
+    for index, vendor in enumerate(vendors):
+        device = root / f"0000:00:{index:02x}.0"
+        device.mkdir(parents=True)
+        (device / "vendor").write_text(vendor + "\n")
+    root.mkdir(exist_ok=True)
+    return str(root)
+
+
+def test_plain_cloud_tpu_vm_is_detected_from_its_pci_chips(tmp_path):
+    tpu_vm = _pci_bus(tmp_path, ["0x8086", distributed.GOOGLE_PCI_VENDOR_ID])
+    hint = distributed.detect_cluster({}, pci_devices_dir=tpu_vm, libtpu_available=True)
+    assert hint is not None and hint.kind == "cloud-tpu-vm"
+    # Not without libtpu, not when the metadata server is ruled out, not on a machine without TPU chips.
+    assert distributed.detect_cluster({}, pci_devices_dir=tpu_vm, libtpu_available=False) is None
+    assert distributed.detect_cluster({"TPU_SKIP_MDS_QUERY": "1"}, pci_devices_dir=tpu_vm,
+                                      libtpu_available=True) is None
+    gpu_host = _pci_bus(tmp_path / "gpu", ["0x10de", "0x8086"])
+    assert distributed.detect_cluster({}, pci_devices_dir=gpu_host, libtpu_available=True) is None
+
+
+@pytest.mark.parametrize("environ,kind", [
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3", "TPU_WORKER_ID": "2"}, "gke-tpu"),
+    ({"TPU_PROCESS_ADDRESSES": "10.0.0.1:8476,10.0.0.2:8476"}, "gke-tpu"),
+    ({"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.1", "MEGASCALE_NUM_SLICES": "2"}, "multislice-tpu"),
+    ({"SLURM_JOB_ID": "42", "SLURM_NTASKS": "4"}, "slurm"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "openmpi"),
+    ({"TPU_WORKER_HOSTNAMES": "w0", "TPU_WORKER_ID": "0"}, None),  # a one-host GKE TPU job
+    ({"SLURM_JOB_ID": "42", "SLURM_NTASKS": "1"}, None),
+    ({}, None),
+])
+def test_cluster_environments(tmp_path, environ, kind):
+    no_tpu = _pci_bus(tmp_path, ["0x8086"])
+    hint = distributed.detect_cluster(environ, pci_devices_dir=no_tpu, libtpu_available=True)
+    assert (hint.kind if hint else None) == kind
+
+
+def test_detected_cluster_is_joined_without_arguments(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed, "_started", False)
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(distributed, "detect_cluster",
+                        lambda: distributed.ClusterHint("cloud-tpu-vm", "test"))
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    distributed.initialize_if_multihost()
+    assert calls == [((), {})]  # JAX reads the TPU metadata server itself
