@@ -54,7 +54,6 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import errors as flax_errors
 from flax import nnx
 from jax.extend import core as jax_core
 from jax.sharding import Mesh
@@ -644,7 +643,9 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     state_bytes = per_device_bytes(training.state)
     params_bytes = per_device_bytes(training.state.params)
     reference_bytes = params_bytes if beta > 0 else 0
-    resident_during_rollout = state_bytes - params_bytes + reference_bytes
+    # The sampling copy of the parameters is the rollout programs' argument; the whole train state
+    # (its FSDP parameters included) and the reference stay resident meanwhile.
+    resident_during_rollout = state_bytes + reference_bytes
     settings, params_arg = rollout["settings"], rollout["params"]
     prefill_forward = forward_flops(
         lambda p, b, r, k: engine._prefill(p, b, r, k, rollout["stops"], rollout["suppressed"], settings),
@@ -668,14 +669,9 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     if log_prob_passes:
         # run_grpo's own log-prob function, traced under an outer jit so that it lowers from shapes
         batch_arg = abstract_like(policy_batch, step_lib.batch_shardings(policy_batch, mesh))
-        try:
-            log_prob_fn = grpo_loop.make_log_prob_fn(training.model_def, training.shardings.params, mesh, completion)
-            _, compiled, seconds = _compile(jax.jit(log_prob_fn), training.state.params, batch_arg)
-        except flax_errors.TraceContextError:
-            notes.append(REMAT_NOTE.format(program="policy log-probs"))
-            log_prob_fn = grpo_loop.make_log_prob_fn(_model_def_without_remat(config, model_config),
-                                                     training.shardings.params, mesh, completion)
-            _, compiled, seconds = _compile(jax.jit(log_prob_fn), training.state.params, batch_arg)
+        log_prob_fn = grpo_loop.make_log_prob_fn(step_lib.forward_only(training.model_def, training.state.params),
+                                                 training.shardings.params, mesh, completion)
+        _, compiled, seconds = _compile(jax.jit(log_prob_fn), training.state.params, batch_arg)
         programs.append(_program_plan("policy_log_probs", compiled, seconds, executions=log_prob_passes,
                                       resident_bytes=state_bytes - params_bytes + reference_bytes,
                                       model_flops=forward * num_micro))
@@ -701,37 +697,24 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
         programs=programs, notes=notes)
 
 
-# Forward-only programs inside a loop (the decode while_loop, the per-micro-batch lax.map of the
-# log-prob function) fail to trace with rematerialised layers in the current model (flax raises
-# TraceContextError: the remat'd layer cannot update Params made at another trace level). They
-# need no remat (no backward pass), so the plan then compiles them from the same model built with
-# remat off, which is what a fixed engine / log-prob function would run, and says so.
-REMAT_NOTE = ("{program}: does not trace with remat=True layers (flax TraceContextError in the current "
-              "code); planned with the same model built with remat off, as a fix would run it")
-
-
-def _model_def_without_remat(config: Any, model_config: models.Qwen2_5_VLConfig) -> Any:
-    from facialr1_jax.train import state as state_lib
-
-    abstract_model = nnx.eval_shape(lambda: models.Qwen2_5_VL(
-        model_config, dtype=_DTYPES[config.model.dtype], param_dtype=_DTYPES[config.model.param_dtype], remat=False,
-        rngs=nnx.Rngs(0)))
-    return state_lib.split_model(abstract_model)[0]
-
-
 def _compile_rollout(config: Any, model_config: models.Qwen2_5_VLConfig, training: AbstractTraining, mesh: Mesh,
                      shape: ExampleShape) -> tuple[dict, list[str]]:
     """Compiles the engine's prefill and decode for one rollout batch; returns the programs, their
-    abstract arguments and notes. The KV cache is bfloat16, the engine's default on accelerators."""
+    abstract arguments and notes. The KV cache is bfloat16, the engine's default on accelerators.
+
+    As in `run_grpo`: the engine runs the model without remat (`step.forward_only`) on parameters
+    resharded for sampling (`Engine.place_params`, SAMPLING_RULES), a copy held beside the train state
+    during the rollout."""
     from facialr1_jax.sampling import Engine
     from facialr1_jax.sampling.batch import PromptBatch
     from facialr1_jax.sampling.engine import _Settings, batch_bucket, default_stop_token_ids, token_id_array
     from facialr1_jax.sampling.samplers import SamplingConfig
+    from facialr1_jax.train import step as step_lib
 
     g = config.grpo
     notes = []
     prompts, completion = int(g.prompts_per_step), int(g.max_new_tokens)
-    graphdef = training.model_def.graphdef
+    graphdef = step_lib.forward_only(training.model_def, training.state.params).graphdef
     engine = Engine(graphdef, model_config, mesh=mesh, cache_dtype=jnp.bfloat16)
     prompt_batch = PromptBatch.from_collated(batching.collate_prompts(
         synthetic_prompts(model_config, shape, prompts), model_config, pad_id=0, max_length=shape.sequence_tokens))
@@ -747,21 +730,16 @@ def _compile_rollout(config: Any, model_config: models.Qwen2_5_VLConfig, trainin
     stops = token_id_array(default_stop_token_ids(model_config), "stop_token_ids", vocab)
     suppressed = token_id_array(engine.placeholder_token_ids, "suppress_token_ids", vocab)
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    params = (training.state.params, training.model_def.frozen)
+    sampling_params = abstract_like(training.state.params,
+                                    state_shardings(training.state.params, mesh, engine.rules))
+    params = (sampling_params, training.model_def.frozen)
     prefill_args = (abstract_like(placed), abstract_like(real_prompts), rng)
     prefill_lowered, prefill, prefill_seconds = _compile(
         engine._prefill_program, params, *prefill_args, stops, suppressed, mesh=mesh, rules=engine.rules,
         settings=settings)
     decode_state = abstract_like(prefill_lowered.out_info, prefill.output_shardings)
-    try:
-        _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, mesh=mesh,
-                                             rules=engine.rules, settings=settings)
-    except flax_errors.TraceContextError:
-        notes.append(REMAT_NOTE.format(program="rollout decode"))
-        engine = Engine(_model_def_without_remat(config, model_config).graphdef, model_config, mesh=mesh,
-                        cache_dtype=jnp.bfloat16)
-        _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, mesh=mesh,
-                                             rules=engine.rules, settings=settings)
+    _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, mesh=mesh,
+                                         rules=engine.rules, settings=settings)
     return {"engine": engine, "settings": settings, "params": params, "stops": stops, "suppressed": suppressed,
             "prefill_args": prefill_args, "prefill": prefill, "prefill_seconds": prefill_seconds,
             "decode_state": decode_state, "decode": decode, "decode_seconds": decode_seconds}, notes
