@@ -193,10 +193,12 @@ def main(argv=None) -> dict:
             for name, run in runs.items():
                 best[name] = min(best[name], best_of(1, run))
         ours_s, repeated_s, prefill_s = best["ours"], best["repeated"], best["prefill"]
+        decode_s = ours_s - prefill_s
         results.update(ours_s=round(ours_s, 3), ours_tokens_per_s=round(tokens_generated / ours_s, 1),
                        ours_prefill_fanout_s=round(prefill_s, 3),
-                       ours_decode_tokens_per_s=round((tokens_generated - args.prompts * args.samples)
-                                                      / max(ours_s - prefill_s, 1e-9), 1),
+                       # None when the decode time is lost in timing noise (tiny models, few tokens).
+                       ours_decode_tokens_per_s=(round((tokens_generated - args.prompts * args.samples) / decode_s, 1)
+                                                 if decode_s > 0 else None),
                        repeated_s=round(repeated_s, 3),
                        fanout_speedup=round(repeated_s / ours_s, 2))
         if args.skip_reference:
