@@ -167,6 +167,10 @@ def test_cached_decode_under_sampling_rules_equals_one_device(checkpoint):
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
     with activation_sharding(mesh, SAMPLING_RULES):
         logits, keys = prefill_then_step(from_pretrained(checkpoint, mesh=mesh, rules=SAMPLING_RULES))
-    # The cache lives sharded over batch and key/value heads.
-    assert keys.sharding.is_equivalent_to(NamedSharding(mesh, P("fsdp", None, "tensor", None)), keys.ndim)
+    # The cache lives sharded over batch (on fsdp) and key/value heads (on tensor), wherever its layout
+    # (text.CACHE_AXES) puts those dimensions.
+    from facialr1_jax.models.qwen2_5_vl.text import CACHE_AXES
+
+    expected_spec = P(*[{"cache_batch": "fsdp", "cache_kv_heads": "tensor"}.get(axis) for axis in CACHE_AXES])
+    assert keys.sharding.is_equivalent_to(NamedSharding(mesh, expected_spec), keys.ndim)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5, rtol=1e-5)
