@@ -40,7 +40,7 @@ Jit-friendly forward pieces (arrays only; call inside jax.jit over nnx.split sta
 
 KV cache
 --------
-    cache = model.init_cache(batch, max_len, dtype=None)   # KVCache pytree: per-layer (B, max_len, kv_heads, head_dim)
+    cache = model.init_cache(batch, max_len, dtype=None)   # KVCache pytree: per-layer (B, kv_heads, max_len, head_dim): head-major, so decoding reads it untransposed
 Without a cache, attention_mask is (B, L) over the inputs (1 = real token, 0 = padding; None = all real).
 With a cache, the L inputs are written at slots [cache_index, cache_index + L) (cache_index a scalar
 int32, the same for the whole batch) and attention_mask is (B, max_len) over cache slots, already marking
