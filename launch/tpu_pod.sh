@@ -17,8 +17,10 @@
 # Every worker runs the same program (JAX's multi-controller model). `run` reads the worker's index
 # and the pod's endpoints from the TPU VM metadata server and exports JAX_COORDINATOR_ADDRESS /
 # JAX_NUM_PROCESSES / JAX_PROCESS_ID, which `facialr1_jax.parallel.initialize_if_multihost` turns into
-# `jax.distributed.initialize(...)`. The WORKDIR must be one folder that every worker sees (a gcsfuse
-# mount or an NFS / Filestore share): orbax writes each process's shards of one checkpoint into it.
+# `jax.distributed.initialize(...)` (the helper would also detect the TPU VM by itself; the explicit
+# variables fix the coordinator port and process order). The WORKDIR must be one folder that every
+# worker sees (a gcsfuse mount, an NFS / Filestore share, or gs://bucket/path directly, with gcsfs
+# installed): orbax writes each process's shards of one checkpoint into it.
 # Data is read from local disks (copy it with `data`). See docs/scaling.md.
 #
 # DRY_RUN=1 prints the gcloud commands instead of running them.
