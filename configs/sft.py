@@ -25,6 +25,12 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.sft.final_eval_num_examples = 0  # Held-out examples for the final greedy evaluation (0 = the whole test split).
     c.sft.eval_batch_size = 32  # Sequences per held-out loss batch and prompts per generation batch.
     c.sft.eval_max_new_tokens = 160  # Greedy generation length in the evaluations.
+    # Supervised vision warm-up before step 0 (facialr1_jax/train/vision_warmup.py): the vision tower plus a
+    # throw-away linear head learn the AUs and emotion of the labelled training faces, standing in for the
+    # pretrained tower of a real VLM. Fresh models only: skipped when resuming or loading model.checkpoint.
+    c.sft.vision_warmup_steps = 0  # Warm-up optimiser steps; 0 = off (pretrained towers need none).
+    c.sft.vision_warmup_batch_size = 128  # Faces per warm-up step (all images must share one patch grid).
+    c.sft.vision_warmup_lr = 2e-3  # Peak AdamW lr of the warm-up (10% linear warm-up, then cosine).
 
     _apply_variant(c, variant)
     return c
@@ -40,6 +46,10 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.sft.num_steps = 160
         c.sft.eval_every_steps = 40
         c.sft.eval_num_examples = 32
+        # From scratch, next-token loss alone leaves the vision tower blind (emotion accuracy at chance).
+        # Measured on the built-in faces (batch 128, lr 2e-3, 0.8 CPU s a step): the warm-up head reaches
+        # about 40% / 57% / 65% held-out emotion accuracy after 100 / 150 / 200 steps (chance 16%).
+        c.sft.vision_warmup_steps = 200
     elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
         c.model.preset = variant
         c.model.dtype = "bfloat16"

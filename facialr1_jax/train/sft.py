@@ -36,14 +36,15 @@ from flax import nnx
 
 from facialr1_jax import config_validation, models
 from facialr1_jax.data import batching, datasets, pipeline
+from facialr1_jax.data import images as image_lib
 from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.data.examples import EncodingConfig, encode_sft_example
 from facialr1_jax.parallel import TRAINING_RULES, files, make_mesh, shard_model
 from facialr1_jax.train import checkpoint as checkpoint_lib
-from facialr1_jax.train import evaluation, forward, loop, optim
+from facialr1_jax.train import evaluation, forward, loop, optim, vision_warmup
 from facialr1_jax.train import state as state_lib
 from facialr1_jax.train import step as step_lib
-from facialr1_jax.train.metrics import MetricsLogger, StepJsonl
+from facialr1_jax.train.metrics import MetricsLogger, ProgressBar, StepJsonl
 
 _log = logging.getLogger(__name__)
 
@@ -157,6 +158,42 @@ def quiet_library_logs() -> None:
             handler.addFilter(_DropLibraryChatter())
 
 
+def maybe_warm_up_vision(config: Any, model: nnx.Module, train_split: datasets.LoadedSplit,
+                         test_split: datasets.LoadedSplit | None, *, workdir: str, mesh: jax.sharding.Mesh,
+                         resuming: bool, is_main: bool) -> dict | None:
+    """Runs the supervised vision warm-up (`train.vision_warmup`) on a fresh model when
+    `sft.vision_warmup_steps` > 0; writes WORKDIR/vision_warmup.json and returns its metrics.
+
+    Skipped (None) when resuming, since the checkpoint already holds the warmed tower, and for
+    `model.checkpoint` weights, whose tower is pretrained. Trains on the stage 1 and stage 2 records
+    (the "sft" and "rl" splits); the test split only measures the throw-away head.
+    """
+    steps = int(config.sft.get("vision_warmup_steps", 0))
+    if steps <= 0:
+        return None
+    if resuming or config.model.checkpoint:
+        _log.info("vision warm-up skipped: %s", "resuming from a checkpoint" if resuming else
+                  "the model comes from model.checkpoint")
+        return None
+    rl_split = datasets.load_split(config, "rl", workdir=workdir)
+    train_faces = vision_warmup.LabelledFaces([train_split, rl_split])
+    eval_faces = (vision_warmup.LabelledFaces([test_split], train_faces.labels.au_vocabulary)
+                  if test_split is not None else None)
+    bar = ProgressBar(steps) if is_main and bool(config.logging.progress_bar) else None
+    result = vision_warmup.run_vision_warmup(
+        model, train_faces, steps=steps, batch_size=int(config.sft.vision_warmup_batch_size),
+        lr=float(config.sft.vision_warmup_lr), seed=int(config.seed), mesh=mesh,
+        image_config=image_lib.ImageConfig(min_pixels=int(config.data.min_pixels),
+                                           max_pixels=int(config.data.max_pixels)),
+        eval_faces=eval_faces, log_every=int(config.logging.every_steps),
+        progress=(lambda step, total, row: bar.update(step, {"loss": f"{row['loss']:.4f}"})) if bar else None)
+    if bar is not None:
+        bar.finish()
+    if is_main:
+        files.write_text(os.path.join(workdir, vision_warmup.RESULT_FILE), json.dumps(result, indent=2))
+    return result
+
+
 def run_sft(config: Any, workdir: str) -> dict:
     """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict."""
     start_time = time.time()
@@ -175,6 +212,12 @@ def run_sft(config: Any, workdir: str) -> dict:
     _log.info("SFT: %d training records, %d held-out, %d steps of %d sequences (%d micro-batches)",
               len(train_split), len(test_split) if test_split else 0, total_steps, config.sft.batch_size, num_micro)
 
+    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
+                                               async_save=bool(config.checkpoint.async_save))
+    latest = checkpointer.latest_step()
+    warmup_result = maybe_warm_up_vision(config, model, train_split, test_split, workdir=workdir, mesh=mesh,
+                                         resuming=latest is not None, is_main=is_main)
+
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
     model_config = model.config
     model_def, state, state_shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), mesh=mesh)
@@ -188,9 +231,6 @@ def run_sft(config: Any, workdir: str) -> dict:
     iterator = pipeline.make_iterator(dataset, num_workers=int(config.data.num_workers),
                                       num_threads=pipeline.default_num_threads())
 
-    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
-                                               async_save=bool(config.checkpoint.async_save))
-    latest = checkpointer.latest_step()
     if latest is not None:
         restored = checkpointer.restore(latest, state, state_shardings)
         state = restored.state
@@ -265,6 +305,7 @@ def run_sft(config: Any, workdir: str) -> dict:
         "final_train": outcome.last_metrics,
         "eval": final_eval,
         "generation_available": generator is not None,
+        "vision_warmup": warmup_result,
         "loss_curve": curve,
         "checkpoint": os.path.join(checkpointer.directory, str(outcome.step)),
         "wall_seconds": round(time.time() - start_time, 1),
