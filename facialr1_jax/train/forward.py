@@ -62,6 +62,21 @@ def target_log_probs(model, micro_batch: dict, chunk_size: int = 128) -> jax.Arr
     return model.token_log_probs(hidden, micro_batch["targets"], chunk_size=chunk_size)
 
 
+def completion_log_probs(model, micro_batch: dict, num_completion_tokens: int, chunk_size: int = 128) -> jax.Array:
+    """log p of the last `num_completion_tokens` input tokens, [B, T] float32.
+
+    For GRPO batches (left-padded prompt, then the completion): only the T positions that predict a
+    completion token go through the vocabulary projection, not the prompt's, whose log-probs every
+    caller would slice away. Same values as slicing `target_log_probs`.
+    """
+    hidden = hidden_states(model, micro_batch)
+    length = micro_batch["input_ids"].shape[1]
+    start = length - num_completion_tokens - 1  # the position before the first completion token
+    predicting = hidden[:, start : length - 1]
+    targets = micro_batch["targets"][:, start : length - 1]
+    return model.token_log_probs(predicting, targets, chunk_size=chunk_size)
+
+
 def selected_target_log_probs(model, micro_batch: dict, chunk_size: int = 128) -> tuple[jax.Array, jax.Array]:
     """(log p of the trained targets, their mask), each [B, T].
 

@@ -95,10 +95,7 @@ def make_grpo_loss(settings: dict, *, use_stored_old_log_probs: bool):
     def grpo_loss(model, micro_batch: dict, rng: jax.Array):
         del rng
         completion_mask = micro_batch["completion_mask"]
-        length = completion_mask.shape[1]
-        prompt_length = micro_batch["input_ids"].shape[1] - length
-        all_log_probs = forward.target_log_probs(model, micro_batch)
-        log_probs = jax.lax.dynamic_slice_in_dim(all_log_probs, prompt_length - 1, length, axis=1)
+        log_probs = forward.completion_log_probs(model, micro_batch, completion_mask.shape[1])
         # mu = 1: the policy that sampled is the one being updated, so the ratio is 1 in value.
         old = micro_batch["old_log_probs"] if use_stored_old_log_probs else jax.lax.stop_gradient(log_probs)
         terms = grpo.grpo_loss_terms(log_probs, old, micro_batch.get("ref_log_probs"), micro_batch["advantages"],
@@ -120,9 +117,7 @@ def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh,
 
     def per_micro(params, micro):
         model = model_def.merge(params)
-        all_log_probs = forward.target_log_probs(model, micro)
-        prompt_length = micro["input_ids"].shape[1] - num_completion_tokens
-        return jax.lax.dynamic_slice_in_dim(all_log_probs, prompt_length - 1, num_completion_tokens, axis=1)
+        return forward.completion_log_probs(model, micro, num_completion_tokens)
 
     def fn(params, batch):
         return jax.lax.map(lambda micro: per_micro(params, micro), batch)

@@ -13,7 +13,7 @@ from facialr1_jax.data.examples import PromptExample
 from facialr1_jax.models import get_preset, init_model
 from facialr1_jax.parallel import make_mesh
 from facialr1_jax.sampling import Engine
-from facialr1_jax.train import grpo_loop, state as state_lib, step as step_lib
+from facialr1_jax.train import forward, grpo_loop, state as state_lib, step as step_lib
 from facialr1_jax.train.grpo_batch import PromptCycler, think_token_mask, training_batch
 
 _spec = importlib.util.spec_from_file_location(
@@ -87,6 +87,15 @@ def test_training_forward_recomputes_the_sampler_log_probs(tiny):
     log_prob_fn = grpo_loop.make_log_prob_fn(model_def, shardings, mesh, tokens.shape[1])
     recomputed = np.asarray(log_prob_fn(params, batch)).reshape(tokens.shape)
     np.testing.assert_allclose(recomputed * mask, np.asarray(out.policy_log_probs) * mask, atol=1e-4)
+    # Projecting only the completion's positions gives the same values as projecting every position
+    # and slicing (what the loss and the reference log-probs did before).
+    first_micro = jax.tree.map(lambda x: x[0], batch)
+    model_now = model_def.merge(params)
+    every_position = forward.target_log_probs(model_now, first_micro)
+    prompt_length = first_micro["input_ids"].shape[1] - tokens.shape[1]
+    sliced = np.asarray(every_position)[:, prompt_length - 1 : prompt_length - 1 + tokens.shape[1]]
+    only_completion = np.asarray(forward.completion_log_probs(model_now, first_micro, tokens.shape[1]))
+    np.testing.assert_allclose(only_completion, sliced, atol=1e-5)
 
 
 def test_grpo_loss_micro_batches_match_one_batch(tiny):
