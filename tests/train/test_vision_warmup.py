@@ -193,3 +193,20 @@ def test_run_sft_warms_up_fresh_models_only(case, demo_config, tmp_path, splits,
     assert result["train_faces"] == 32  # stage 1 + stage 2 records, never the test split
     written = json.loads((workdir / vw.RESULT_FILE).read_text())
     assert written["eval"]["faces"] == 8 and written["steps"] == 2
+
+
+def test_warmup_on_a_mesh_matches_one_device_and_keeps_the_sharding(train_faces):
+    """run_sft passes its mesh: the batch is split over the data axis, params keep their placement."""
+    from facialr1_jax.parallel import TRAINING_RULES, make_mesh, shard_model
+
+    mesh = make_mesh({"data": len(jax.devices())})
+    sharded = shard_model(_tiny_model(), mesh, TRAINING_RULES)
+    placed = {name: leaf.sharding for name, leaf in zip(_params(sharded.visual), jax.tree.leaves(
+        nnx.state(sharded.visual, nnx.Param)))}
+    vw.run_vision_warmup(sharded, train_faces, steps=3, batch_size=8, lr=3e-3, seed=0, image_config=IMAGE_CONFIG,
+                         mesh=mesh, num_threads=1)
+    alone, _ = _warm(train_faces, steps=3)
+    for (name, value), leaf in zip(_params(sharded.visual).items(), jax.tree.leaves(nnx.state(sharded.visual,
+                                                                                                nnx.Param))):
+        assert leaf.sharding == placed[name], name
+        np.testing.assert_allclose(value, _params(alone.visual)[name], atol=2e-5, rtol=1e-4, err_msg=name)
