@@ -71,6 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-8  # AdamW epsilon.
     c.optimizer.weight_decay = 0.0  # Decoupled weight decay (the reference uses none).
     c.optimizer.grad_clip = 1.0  # Global-norm gradient clipping (0 = off).
+    c.optimizer.vision_lr_scale = 1.0  # Multiplies the vision tower's step (1 = like the rest, 0 = frozen).
 
     # ---- checkpointing -----------------------------------------------------------------------
     c.checkpoint = ml_collections.ConfigDict()

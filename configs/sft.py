@@ -51,6 +51,11 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         # head read 42% / 57% / 65% / 67% held-out emotion accuracy at steps 100 / 150 / 200 / 250 (a run
         # of only 100 steps: 32%; the most frequent emotion: 16%).
         c.sft.vision_warmup_steps = 200
+        # ... and the from-scratch language model's first gradients flatten those features again (with the
+        # tower trained, its output after SFT varies along 3 directions and carries no emotion:
+        # benchmarks/demo_perception.py), so the demo keeps the warmed-up tower frozen, as VLM fine-tuning
+        # on little data often does.
+        c.optimizer.vision_lr_scale = 0.0
     elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
         c.model.preset = variant
         c.model.dtype = "bfloat16"

@@ -72,6 +72,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.eps": (_positive, "> 0"),
     "optimizer.weight_decay": (_non_negative, ">= 0"),
     "optimizer.grad_clip": (_non_negative, ">= 0 (0 = off)"),
+    "optimizer.vision_lr_scale": (_non_negative, ">= 0 (0 = vision tower frozen)"),
     "mesh.data": (_mesh_axis, "-1 or >= 1"),
     "mesh.fsdp": (_mesh_axis, "-1 or >= 1"),
     "mesh.tensor": (_mesh_axis, "-1 or >= 1"),

@@ -9,6 +9,12 @@ The schedule is a linear warm-up from 0 to the peak `lr` over `warmup_steps`, th
 reference's Hugging Face `get_linear_schedule_with_warmup` / `get_cosine_schedule_with_warmup`:
 the first update uses lr(0) (0 with a warm-up, the peak without one).
 
+`vision_lr_scale` multiplies the vision tower's updates (the `visual` parameters): 1 trains it like
+the rest, 0 freezes it (its gradients are also left out of the clipping norm), values in between
+give it a smaller step (after AdamW, whose normalised step would undo a scaled gradient). Freezing
+the vision tower is common when fine-tuning a VLM on little data; the demo needs it because a
+from-scratch language model's first, noisy gradients otherwise flatten the warmed-up image features.
+
 Weight decay follows the usual transformer convention (the Hugging Face Trainer's): biases and
 normalisation scales (every parameter with fewer than two dimensions) are not decayed.
 """
@@ -58,6 +64,26 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
 
 
+VISION_SUBTREE = "visual"  # the vision tower's attribute in models.qwen2_5_vl.Qwen2_5_VL
+
+
+def is_vision_path(path: tuple) -> bool:
+    """True for a pytree path inside the vision tower."""
+    return any(getattr(entry, "key", getattr(entry, "name", None)) == VISION_SUBTREE for entry in path)
+
+
+def scale_vision(factor: float) -> optax.GradientTransformation:
+    """Multiplies the vision tower's leaves by `factor`, leaving every other leaf as it is."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * factor if is_vision_path(path) else u, updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(
     optimizer_config: Any, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -70,7 +96,12 @@ def make_optimizer(
         schedule=str(c.schedule),
         end_lr_fraction=float(c.end_lr_fraction),
     )
+    vision_scale = float(c.get("vision_lr_scale", 1.0))
+    if vision_scale < 0:
+        raise ValueError(f"optimizer.vision_lr_scale must be >= 0, got {vision_scale}")
     parts = []
+    if vision_scale == 0.0:
+        parts.append(scale_vision(0.0))  # frozen: no gradient, and none in the clipping norm
     if float(c.grad_clip) > 0:
         parts.append(optax.clip_by_global_norm(float(c.grad_clip)))
     parts.append(
@@ -83,4 +114,6 @@ def make_optimizer(
             mask=decay_mask,
         )
     )
+    if vision_scale != 1.0:
+        parts.append(scale_vision(vision_scale))  # after AdamW (and its weight decay): the step itself
     return optax.chain(*parts), schedule

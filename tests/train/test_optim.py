@@ -75,3 +75,27 @@ def test_adamw_hyperparameters_reach_optax():
     m_hat = (1 - 0.8) * g / (1 - 0.8)
     v_hat = (1 - 0.95) * g**2 / (1 - 0.95)
     np.testing.assert_allclose(updates["kernel"], -0.01 * m_hat / (np.sqrt(v_hat) + 1e-3), rtol=1e-5)
+
+
+def test_vision_lr_scale_freezes_or_shrinks_only_the_vision_tower():
+    params = {"visual": {"kernel": jnp.ones((2, 2))}, "language_model": {"kernel": jnp.ones((2, 2))}}
+    grads = {"visual": {"kernel": jnp.full((2, 2), 3.0)}, "language_model": {"kernel": jnp.full((2, 2), 0.5)}}
+
+    def step(scale, **overrides):
+        c = _config(**overrides)
+        c.vision_lr_scale = scale
+        tx, _ = optim.make_optimizer(c, total_steps=1)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    full, half, frozen = step(1.0), step(0.5), step(0.0)
+    np.testing.assert_allclose(half["visual"]["kernel"], 0.5 * np.asarray(full["visual"]["kernel"]), rtol=1e-6)
+    np.testing.assert_allclose(half["language_model"]["kernel"], full["language_model"]["kernel"], rtol=1e-6)
+    # Frozen: no step at all (not even weight decay), and the clipping norm ignores its gradient, so
+    # the language model's update equals the one it gets when the vision gradient is zero.
+    np.testing.assert_array_equal(np.asarray(frozen["visual"]["kernel"]), 0.0)
+    eps_one = dict(weight_decay=0.0, grad_clip=1.0, eps=1.0)  # Adam's first step g / (|g| + 1) shows the clipping
+    clipped = step(0.0, **eps_one)["language_model"]["kernel"]
+    g = 0.5 / np.sqrt(4 * 0.5**2)  # the language model's gradient alone clipped to norm 1
+    np.testing.assert_allclose(clipped, -0.1 * g / (g + 1.0) * np.ones((2, 2)), rtol=1e-5)
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        step(-1.0)
