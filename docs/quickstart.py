@@ -55,9 +55,9 @@ WORKDIR = os.environ.get("QUICKSTART_WORKDIR") or tempfile.mkdtemp(prefix="facia
 SETTINGS = {
     # Records per built-in split, SFT steps, GRPO steps (x prompts x samples), evaluated faces.
     "short": dict(num_sft=300, num_rl=400, num_test=64, sft_steps=150, grpo_steps=6, prompts=4, samples=4,
-                  eval_examples=64, max_new_tokens=120),
+                  eval_examples=64, max_new_tokens=120, vision_warmup_steps=200),
     "smoke": dict(num_sft=8, num_rl=8, num_test=4, sft_steps=2, grpo_steps=1, prompts=2, samples=2,
-                  eval_examples=4, max_new_tokens=8),
+                  eval_examples=4, max_new_tokens=8, vision_warmup_steps=2),
 }[SIZE]
 print(f"quickstart ({SIZE}) working in {WORKDIR}")
 
@@ -120,6 +120,9 @@ from facialr1_jax import stages
 
 sft_config = configure(sft_configs.get_config("demo"))
 sft_config.sft.num_steps = SETTINGS["sft_steps"]
+# The from-scratch demo model first learns to see (a supervised vision warm-up on the training faces).
+sft_config.sft.vision_warmup_steps = SETTINGS["vision_warmup_steps"]
+sft_config.sft.vision_warmup_batch_size = min(128, SETTINGS["num_sft"] + SETTINGS["num_rl"])
 sft_config.optimizer.warmup_steps = min(20, SETTINGS["sft_steps"] // 5)
 sft_config.sft.eval_num_examples = SETTINGS["eval_examples"]
 sft_config.sft.final_eval_num_examples = SETTINGS["eval_examples"]

@@ -37,6 +37,8 @@ def _small_config(cache: str, num_steps: int):
         section.logging.every_steps = 1
         section.checkpoint.async_save = False
     config.warm_start.sft.num_steps = 2
+    config.warm_start.sft.vision_warmup_steps = 2
+    config.warm_start.sft.vision_warmup_batch_size = 4
     config.warm_start.sft.batch_size = 4
     config.warm_start.sft.eval_num_examples = 2
     config.warm_start.sft.final_eval_num_examples = 2
