@@ -66,6 +66,8 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.optimizer.warmup_steps = 5
         c.optimizer.schedule = "constant"
         c.optimizer.vision_lr_scale = 0.0  # the demo's vision tower stays as its warm-up left it (configs/sft.py)
+        # Sized so that SFT warm start + GRPO + both evaluations fit the 20-minute CPU budget (README).
+        c.grpo.num_steps = 32
     elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
         c.model.preset = variant
         c.model.dtype = "bfloat16"
