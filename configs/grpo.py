@@ -62,7 +62,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
     if variant == "demo":
         c.data.source = "builtin"
-        c.optimizer.lr = 3e-4
+        # lr 3e-4 cost 2.4 points of held-out accuracy in 32 steps, 1e-4 cost 0.6 (README, issue 7).
+        c.optimizer.lr = 1e-4
         c.optimizer.warmup_steps = 5
         c.optimizer.schedule = "constant"
         c.optimizer.vision_lr_scale = 0.0  # the demo's vision tower stays as its warm-up left it (configs/sft.py)
