@@ -55,6 +55,7 @@ from facialr1_jax.fea.emotions import EMOTIONS
 from facialr1_jax.sampling import PromptBatch
 from facialr1_jax.train import checkpoint as checkpoint_lib
 from facialr1_jax.train.evaluation import GreedyEvaluator
+from facialr1_jax.train.vision_warmup import micro_f1
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)  # candidates, chosen on the validation fifth
 PROBE_STEPS = 400
@@ -169,13 +170,6 @@ def _fit(x, y_emotion, y_aus, l2):
 
     (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=PROBE_STEPS)
     return params
-
-
-def micro_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
-    predicted, truth = predicted.astype(bool), truth.astype(bool)
-    true_positive = np.sum(predicted & truth)
-    denominator = 2 * true_positive + np.sum(predicted ^ truth)
-    return float(2 * true_positive / denominator) if denominator else 1.0
 
 
 def _scores(params, x, emotions, aus) -> tuple[float, float]:

@@ -32,6 +32,7 @@ import numpy as np
 
 from facialr1_jax.data import demo, expressions, synthface
 from facialr1_jax.fea.emotions import EMOTIONS
+from facialr1_jax.train.vision_warmup import micro_f1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +67,6 @@ def _space_to_depth(images: np.ndarray) -> np.ndarray:
     n, height, width, channels = images.shape
     blocks = images.reshape(n, height // 2, 2, width // 2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
     return blocks.reshape(n, height // 2, width // 2, 4 * channels)
-
-
-def micro_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
-    predicted, truth = predicted.astype(bool), truth.astype(bool)
-    true_positive = np.sum(predicted & truth)
-    denominator = 2 * true_positive + np.sum(predicted & ~truth) + np.sum(~predicted & truth)
-    return float(2 * true_positive / denominator) if denominator else 1.0
 
 
 def run_probe(config: ProbeConfig = ProbeConfig()) -> dict:

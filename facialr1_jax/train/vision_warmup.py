@@ -184,6 +184,10 @@ def warmup_loss(au_logits, emotion_logits, aus, au_known, emotions):
 
 
 def micro_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Pooled F1 of two multi-hot [faces, AUs] arrays; 1.0 when neither has a positive (nothing to miss).
+
+    Also the AU score of the pixel and feature probes in benchmarks/ (synthface_probe, demo_perception).
+    """
     predicted, truth = predicted.astype(bool), truth.astype(bool)
     true_positive = np.sum(predicted & truth)
     denominator = 2 * true_positive + np.sum(predicted & ~truth) + np.sum(~predicted & truth)

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_PROBE_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "synthface_probe.py"
-
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("synthface_probe", _PROBE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["synthface_probe"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+def probe(load_benchmark):
+    return load_benchmark("synthface_probe")
 
 
 def test_micro_f1(probe):

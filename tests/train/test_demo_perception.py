@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_perception.py"
-
 
 @pytest.fixture(scope="module")
-def perception():
-    spec = importlib.util.spec_from_file_location("demo_perception", _FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_perception"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+def perception(load_benchmark):
+    return load_benchmark("demo_perception")
 
 
 def _faces(perception, rng, count, num_aus=6):
