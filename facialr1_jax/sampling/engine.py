@@ -1,27 +1,36 @@
-"""The rollout engine: a jitted prefill with group fan-out and a jitted `lax.while_loop` decode.
+"""The rollout engine: a jitted prefill and a jitted `lax.while_loop` decode over a shared-prompt cache.
 
 Two compiled programs per (bucketed) shape, both functional `jax.jit` over `nnx.split` state (the
 parameters are a traced argument, the graph definition is static):
 
 1. prefill(params, prompts, rng): vision tower + one decoder pass over the B left-padded prompts into a
-   KV cache of P + max_new_tokens slots; the cache and the last position's logits are then repeated
-   G = num_samples times along the batch ([prompt0 x G, prompt1 x G, ...]) and the first token of every
-   row is drawn. Each (image, prompt) is encoded once however many samples it gets.
-2. decode(params, state): a `lax.while_loop` that feeds the previous token, appends its keys/values at
-   slot P + t - 1 and draws token t, until max_new_tokens or until every row has stopped. The decode
-   state (KV cache included) is donated, so the loop updates the cache in place.
+   KV cache of P slots, one row per prompt. That cache becomes the prompt part of a
+   `models.SharedPromptCache` as it is (never repeated); the completion part, T = max_new_tokens slots,
+   has one row per sample: R = B * G rows ordered [prompt0 x G, prompt1 x G, ...]. The last position's
+   logits are repeated G times and the first token of every row is drawn. Each (image, prompt) is
+   encoded, and its keys/values stored, once however many samples it gets.
+2. decode(params, state): a `lax.while_loop` that feeds the previous token through
+   `LanguageModel.decode_step`, which appends its keys/values at completion slot t - 1 and attends the
+   prompt part with the G samples' queries of a prompt batched together (one matmul per prompt and kv
+   head instead of G matrix-vector products over G identical copies) plus the row's own completion
+   (cascade attention, one softmax over both; `models.qwen2_5_vl.text.shared_prompt_attention`), then
+   draws token t, until max_new_tokens or until every row has stopped. The decode state (cache
+   included) is donated, so the loop updates the completion cache in place. num_samples = 1
+   (evaluation, synthesis) is the same program with groups of one.
 
 Randomness: row r draws token t with key fold_in(fold_in(rng, r), t), so one prefill fanned out to G rows
-gives exactly the tokens of the same prompts repeated G times with the same rng.
+samples with the same keys as the same prompts repeated G times with the same rng (same tokens, up to
+float rounding: the two group the prompt's attention differently).
 
 Static shapes: prompt length and patch count come bucketed from `data.batching.collate_prompts`; the
 engine rounds the number of prompts up to a power of two with filler rows (their outputs are dropped),
 so after warm-up a run does not compile again. `Engine.compiled_programs()` counts what was built.
 
-Sharding: with a mesh, per-row inputs and the KV cache are split over the batch mesh axes and the
-activation constraints of `rules` (default `parallel.SAMPLING_RULES`) apply while tracing. Parameters
-are used where they are; place them with `parallel.shard_model(model, mesh, SAMPLING_RULES)` (or
-`Engine.place_params`) so that a decode step does not gather FSDP shards.
+Sharding: with a mesh, per-row inputs, the prompt cache's prompt axis and the completion cache's row
+axis are split over the batch mesh axes, and the activation constraints of `rules` (default
+`parallel.SAMPLING_RULES`) apply while tracing. Parameters are used where they are; place them with
+`parallel.shard_model(model, mesh, SAMPLING_RULES)` (or `Engine.place_params`) so that a decode step
+does not gather FSDP shards.
 """
 
 from __future__ import annotations
@@ -36,8 +45,8 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from facialr1_jax.models import KVCache, Qwen2_5_VLConfig, decode_position_ids
-from facialr1_jax.models.qwen2_5_vl.text import CACHE_AXES
+from facialr1_jax.models import Qwen2_5_VLConfig, decode_position_ids
+from facialr1_jax.models.qwen2_5_vl.text import SharedPromptCache, shared_prompt_cache
 from facialr1_jax.parallel.rules import SAMPLING_RULES, Rules, activation_sharding, constrain, logical_to_spec
 from facialr1_jax.sampling.batch import PromptBatch
 from facialr1_jax.sampling.samplers import SamplingConfig, choose_tokens, row_keys, step_keys
@@ -76,9 +85,9 @@ class GenerationOutput:
 
 @struct.dataclass
 class DecodeState:
-    """The loop carry of the decode program (R rows, S = P + T cache slots)."""
+    """The loop carry of the decode program (B prompts, R = B * G rows, P prompt slots, T new tokens)."""
 
-    cache: KVCache
+    cache: SharedPromptCache  # prompt part (B, kv_heads, P, head_dim), completion part (R, kv_heads, T, head_dim)
     tokens: jax.Array  # (R, T) int32
     log_probs: jax.Array  # (R, T) f32
     policy_log_probs: jax.Array  # (R, T) f32
@@ -86,7 +95,7 @@ class DecodeState:
     lengths: jax.Array  # (R,) int32 tokens generated so far, the stop included
     done: jax.Array  # (R,) bool
     step: jax.Array  # () int32 index of the next token to generate
-    prompt_slots: jax.Array  # (R, S) bool: cache slots holding real prompt tokens
+    prompt_slots: jax.Array  # (B, P) bool: prompt cache slots holding real prompt tokens
     prompt_tokens: jax.Array  # (R,) int32 real prompt tokens
     rope_deltas: jax.Array  # (R,) int32
     keys: jax.Array  # (R,) one PRNG key per row
@@ -230,17 +239,18 @@ class Engine:
         fan_out, new_tokens = settings.num_samples, settings.max_new_tokens
         features = None if batch.pixel_values is None else model.encode_images(batch.pixel_values, batch.plan)
         embeds = model.embed(batch.input_ids, features)
-        prompt_slots = jnp.pad(batch.attention_mask.astype(bool), ((0, 0), (0, new_tokens)))
-        cache = model.init_cache(prompts, prompt_length + new_tokens, settings.cache_dtype)
-        hidden, cache = model.forward_embeds(embeds, batch.position_ids, prompt_slots, cache, 0, return_hidden=True)
+        prompt_slots = batch.attention_mask.astype(bool)
+        prompt_cache = model.init_cache(prompts, prompt_length, settings.cache_dtype)
+        hidden, prompt_cache = model.forward_embeds(embeds, batch.position_ids, prompt_slots, prompt_cache, 0,
+                                                    return_hidden=True)
         # Left padding: every prompt's last token is in the last column.
         logits = model.logits(hidden[:, -1])
 
         def fan(x):
             return x if fan_out == 1 else jnp.repeat(x, fan_out, axis=0)
 
-        cache = KVCache(keys=tuple(constrain(fan(k), CACHE_AXES) for k in cache.keys),
-                        values=tuple(constrain(fan(v), CACHE_AXES) for v in cache.values))
+        # The prompt's keys/values stay one row per prompt; only the completion part has a row per sample.
+        cache = shared_prompt_cache(self.config.text_config, prompt_cache, fan_out, new_tokens, settings.cache_dtype)
         # Rows split over the batch mesh axes for sampling (each device draws for its own rows).
         logits = constrain(fan(logits), ROW_AXES)
         rows = prompts * fan_out
@@ -255,7 +265,7 @@ class Engine:
             lengths=jnp.zeros((rows,), jnp.int32),
             done=~fan(real_prompts),  # filler rows count as stopped, so they never hold the loop up
             step=jnp.zeros((), jnp.int32),
-            prompt_slots=fan(prompt_slots),
+            prompt_slots=prompt_slots,
             prompt_tokens=fan(batch.attention_mask.astype(jnp.int32).sum(axis=1)),
             rope_deltas=fan(batch.rope_deltas),
             keys=keys,
@@ -269,9 +279,6 @@ class Engine:
     def _decode(self, params, state: DecodeState, settings: _Settings) -> tuple[DecodeState, jax.Array]:
         model = self._merge(params)
         new_tokens = settings.max_new_tokens
-        slots_total = state.prompt_slots.shape[1]
-        prompt_length = slots_total - new_tokens
-        slots = jnp.arange(slots_total)
 
         def unfinished(s: DecodeState):
             return (s.step < new_tokens) & ~jnp.all(s.done)
@@ -279,11 +286,10 @@ class Engine:
         def next_token(s: DecodeState) -> DecodeState:
             step = s.step
             previous = jax.lax.dynamic_slice_in_dim(s.tokens, step - 1, 1, axis=1)  # (R, 1)
-            slot = prompt_length + step - 1
-            slot_mask = s.prompt_slots | ((slots >= prompt_length) & (slots <= slot))[None, :]
             positions = decode_position_ids(s.prompt_tokens + step - 1, s.rope_deltas)
-            hidden, cache = model.forward_embeds(model.embed(previous), positions, slot_mask, s.cache, slot,
-                                                 return_hidden=True)
+            # Token step - 1 goes to completion slot step - 1 and predicts token `step`.
+            hidden, cache = model.language_model.decode_step(model.embed(previous), positions, s.cache,
+                                                             s.prompt_slots, step - 1)
             logits = constrain(model.logits(hidden[:, 0]), ROW_AXES)
             tokens, log_probs, policy_log_probs = choose_tokens(logits, step_keys(s.keys, step), settings.sampling,
                                                                 s.suppressed_token_ids)
@@ -467,7 +473,7 @@ def generate(model: nnx.Module, batch: PromptBatch | Mapping[str, Any], *, max_n
              return_logits: bool = False) -> GenerationOutput:
     """Samples `num_samples` completions for every prompt of `batch` (see `Engine.generate`).
 
-    One prefill per prompt, its KV cache fanned out to the samples; rows of the result are ordered
+    One prefill per prompt, its keys/values shared by the samples' decode; rows of the result are ordered
     [prompt0 x G, prompt1 x G, ...]. cache_dtype: KV cache dtype (None = bfloat16 off-CPU, float32 on
     CPU). mesh / rules: run sharded (rules default to `parallel.SAMPLING_RULES`).
     """

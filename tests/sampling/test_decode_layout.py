@@ -1,10 +1,12 @@
 """The compiled decode step reads the KV cache as it lies: no transpose of a cache-sized array.
 
-The cache is stored head-major, (rows, kv_heads, slots, head_dim), which is the operand order the
-attention's batched matmuls need. Stored any other way, XLA transposes every layer's whole cache on
-every decode step (about a fifth of a CPU decode step at the `small` preset); this reads the optimised
-HLO of the engine's decode program and fails if such a transpose (or a layout-changing copy, the other
-form XLA gives a transpose) comes back.
+Both parts of the decode cache (`SharedPromptCache`: the prompt part, one row per prompt, and the
+completion part, one row per sample) are stored head-major, (rows, kv_heads, slots, head_dim), which
+is the operand order the attention's batched matmuls need. Stored any other way, XLA transposes every
+layer's whole cache on every decode step (about a fifth of a CPU decode step at the `small` preset);
+this reads the optimised HLO of the engine's decode program and fails if such a transpose (or a
+layout-changing copy, the other form XLA gives a transpose) comes back. It also checks from the
+program's arguments that the prompt part is stored once per prompt, not once per sample.
 """
 
 from __future__ import annotations
@@ -56,20 +58,34 @@ def test_the_detector_sees_a_transposed_cache():
     assert rearranged_arrays(text, rows * slots * kv * dim), "a cache-sized transpose was not detected"
 
 
+def _cache_argument_shapes(hlo_text: str, part: str) -> list[str]:
+    """Shapes of the decode program's layer-0 `part` arguments (e.g. "prompt_keys"), as HLO writes them."""
+    return re.findall(rf"state_cache_{part}_0_[.\w]*: (\w+\[[\d,]+\])", hlo_text)
+
+
 def test_compiled_decode_step_never_transposes_the_cache(tiny_model, tiny_config):
-    # Image prompts fanned out to 2 samples: the decode program generate really runs (rows = 4 prompt
-    # slots in the bucket x 2 samples, slots = prompt bucket + new tokens).
+    # Image prompts fanned out to 2 samples: the decode program generate really runs (4 prompt rows in
+    # the bucket, 8 sample rows; prompt slots = the prompt bucket, completion slots = new tokens).
     batch = prompt_batch(tiny_config, image_prompts(tiny_config))
     new_tokens, samples = 8, 2
     engine = Engine.for_model(tiny_model)
     text = engine.compiled_decode_text(nnx.state(tiny_model), batch, max_new_tokens=new_tokens,
                                        num_samples=samples, temperature=1.0, rng=jax.random.key(0))
-    rows = 4 * samples  # three prompts round up to a bucket of four
-    slots = batch.prompt_length + new_tokens
-    cache_state_shapes = re.findall(r"state_cache_keys_0_[.\w]*: (\w+\[[\d,]+\])", text)
-    assert cache_state_shapes, "the decode program has no cache argument to check"
+    prompts = 4  # three prompts round up to a bucket of four
+    rows = prompts * samples
     text_config = tiny_config.text_config
-    assert cache_state_shapes[0] == (f"f32[{rows},{text_config.num_key_value_heads},{slots},"
-                                     f"{text_config.head_dim}]"), "the cache is not stored head-major"
-    offenders = rearranged_arrays(text, _cache_elements(tiny_config, rows, slots))
+    kv, dim = text_config.num_key_value_heads, text_config.head_dim
+    expected = {"prompt_keys": f"f32[{prompts},{kv},{batch.prompt_length},{dim}]",
+                "prompt_values": f"f32[{prompts},{kv},{batch.prompt_length},{dim}]",
+                "completion_keys": f"f32[{rows},{kv},{new_tokens},{dim}]",
+                "completion_values": f"f32[{rows},{kv},{new_tokens},{dim}]"}
+    for part, shape in expected.items():
+        shapes = _cache_argument_shapes(text, part)
+        assert shapes, f"the decode program has no {part} argument to check"
+        # Head-major, and the prompt part has one row per prompt (not per sample).
+        assert shapes[0] == shape, f"{part} is stored as {shapes[0]}, expected {shape}"
+    # The smaller of the two cache parts: anything that large rearranged per step is a cache transpose.
+    smallest_part = min(_cache_elements(tiny_config, prompts, batch.prompt_length),
+                        _cache_elements(tiny_config, rows, new_tokens))
+    offenders = rearranged_arrays(text, smallest_part)
     assert not offenders, f"the decode step rearranges cache-sized arrays: {offenders}"

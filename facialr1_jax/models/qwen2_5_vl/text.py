@@ -11,9 +11,20 @@ batched matmuls want their batch dims (batch, kv_heads) leading, so in this layo
 the cache as it lies. Stored (batch, slots, kv_heads, head_dim), every step would transpose every
 layer's whole cache (about a fifth of a CPU decode step); now only the L new tokens' keys, values,
 queries and outputs are transposed.
+
+Sampling several completions of one prompt (GRPO's group) decodes through a second, cascade cache
+(`SharedPromptCache`): the prompt's keys/values are stored once per prompt, (prompts, kv_heads, P,
+head_dim), as the prefill wrote them, and only the completion's keys/values are stored per sample,
+(prompts * G, kv_heads, T, head_dim). `LanguageModel.decode_step` feeds one token per row through that
+cache; its attention (`shared_prompt_attention`) scores the G samples' queries of a prompt together
+against the prompt part (a (G * query groups) x head_dim by head_dim x P matmul per prompt and kv head,
+instead of G matrix-vector products over G identical copies), scores each row against its own
+completion part, and takes one softmax over both. The uncached training forward does not use it.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +70,119 @@ def init_cache(config: TextConfig, batch: int, max_len: int, dtype=jnp.float32) 
                    values=tuple(zeros() for _ in range(config.num_hidden_layers)))
 
 
+@struct.dataclass
+class SharedPromptCache:
+    """The decode cache for G samples per prompt: prompt keys/values once per prompt, completion
+    keys/values per sample (see the module docstring). Rows are ordered [prompt0 x G, prompt1 x G, ...].
+
+    prompt_keys, prompt_values          per layer (prompts, kv_heads, P, head_dim), logical axes CACHE_AXES
+    completion_keys, completion_values  per layer (prompts * G, kv_heads, T, head_dim), logical axes CACHE_AXES
+    """
+
+    prompt_keys: tuple[jax.Array, ...]
+    prompt_values: tuple[jax.Array, ...]
+    completion_keys: tuple[jax.Array, ...]
+    completion_values: tuple[jax.Array, ...]
+
+    @property
+    def num_prompts(self) -> int:
+        return int(self.prompt_keys[0].shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.completion_keys[0].shape[0])
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.num_rows // self.num_prompts
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.prompt_keys[0].shape[2])
+
+    @property
+    def completion_length(self) -> int:
+        return int(self.completion_keys[0].shape[2])
+
+
+def shared_prompt_cache(config: TextConfig, prompt_cache: KVCache, samples_per_prompt: int, completion_length: int,
+                        dtype=None) -> SharedPromptCache:
+    """A `SharedPromptCache` over the prompt keys/values of a prefill (`prompt_cache`, one row per prompt,
+    used as it is: nothing is repeated) with an empty completion part of `completion_length` slots for
+    each of the `samples_per_prompt` samples of every prompt. dtype: the completion part's (default: the
+    prompt cache's)."""
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
+    if completion_length < 1:
+        raise ValueError(f"completion_length must be at least 1, got {completion_length}")
+    dtype = prompt_cache.keys[0].dtype if dtype is None else dtype
+    completion = init_cache(config, prompt_cache.batch_size * samples_per_prompt, completion_length, dtype)
+    return SharedPromptCache(prompt_keys=tuple(constrain(k, CACHE_AXES) for k in prompt_cache.keys),
+                             prompt_values=tuple(constrain(v, CACHE_AXES) for v in prompt_cache.values),
+                             completion_keys=completion.keys, completion_values=completion.values)
+
+
+def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_values: jax.Array, prompt_mask: jax.Array,
+                            completion_keys: jax.Array, completion_values: jax.Array,
+                            completion_mask: jax.Array) -> jax.Array:
+    """Attention of one new token per row over a prompt shared by G rows plus the row's own completion.
+
+    query: (R, KV, Q, D) head-major, R = B * G rows ordered [prompt0 x G, ...], Q query heads per kv head;
+    prompt_keys, prompt_values: (B, KV, P, D); prompt_mask: (B, P) bool, the prompt's real tokens;
+    completion_keys, completion_values: (R, KV, T, D); completion_mask: (R, T) bool, slots written so far.
+    Returns (R, KV, Q, D): softmax over the concatenated [prompt, completion] keys, exactly what
+    `grouped_attention` gives over a cache holding the prompt repeated G times followed by the completion.
+
+    The prompt scores take the G rows' queries of a prompt as one (G * Q, D) matrix, so the prompt part
+    is one matmul per (prompt, kv head) reading the prompt keys/values once, not G. The two parts share
+    one softmax: a common max, one denominator (the sums of both parts), each part's probabilities then
+    weighting its own values. Scores and softmax run in float32 as in `grouped_attention`. A row must
+    have at least one completion slot marked (the token being decoded), so no row is ever all masked.
+    """
+    rows, kv_heads, per_kv, dim = query.shape
+    prompts, prompt_length = prompt_mask.shape
+    if rows % prompts:
+        raise ValueError(f"{rows} query rows do not split into groups for {prompts} prompts")
+    if prompt_keys.shape != (prompts, kv_heads, prompt_length, dim) or prompt_values.shape != prompt_keys.shape:
+        raise ValueError(f"prompt keys/values must be {(prompts, kv_heads, prompt_length, dim)}, got "
+                         f"{prompt_keys.shape} / {prompt_values.shape}")
+    if completion_keys.shape[:2] != (rows, kv_heads) or completion_values.shape != completion_keys.shape:
+        raise ValueError(f"completion keys/values must be ({rows}, {kv_heads}, T, {dim}), got "
+                         f"{completion_keys.shape} / {completion_values.shape}")
+    if completion_mask.shape != (rows, completion_keys.shape[2]):
+        raise ValueError(f"completion_mask must be {(rows, completion_keys.shape[2])}, got {completion_mask.shape}")
+    samples = rows // prompts
+    lowest = jnp.finfo(jnp.float32).min
+    scale = 1.0 / math.sqrt(dim)
+
+    # Row layout (R, KV, Q, ...) <-> shared layout (B, KV, G * Q, ...): small arrays only (queries,
+    # per-query statistics, outputs), never keys or values.
+    def to_shared(x):
+        x = x.reshape(prompts, samples, kv_heads, per_kv, *x.shape[3:])
+        return jnp.swapaxes(x, 1, 2).reshape(prompts, kv_heads, samples * per_kv, *x.shape[4:])
+
+    def to_rows(x):
+        x = x.reshape(prompts, kv_heads, samples, per_kv, *x.shape[3:])
+        return jnp.swapaxes(x, 1, 2).reshape(rows, kv_heads, per_kv, *x.shape[4:])
+
+    prompt_scores = jnp.einsum("bkqd,bkpd->bkqp", to_shared(query), prompt_keys,
+                               preferred_element_type=jnp.float32) * scale
+    prompt_scores = jnp.where(prompt_mask[:, None, None, :], prompt_scores, lowest)
+    completion_scores = jnp.einsum("rkqd,rktd->rkqt", query, completion_keys,
+                                   preferred_element_type=jnp.float32) * scale
+    completion_scores = jnp.where(completion_mask[:, None, None, :], completion_scores, lowest)
+
+    top = jnp.maximum(to_rows(prompt_scores.max(axis=-1)), completion_scores.max(axis=-1))  # (R, KV, Q)
+    prompt_weights = jnp.exp(prompt_scores - to_shared(top)[..., None])
+    completion_weights = jnp.exp(completion_scores - top[..., None])
+    total = to_rows(prompt_weights.sum(axis=-1)) + completion_weights.sum(axis=-1)  # (R, KV, Q)
+    prompt_probs = (prompt_weights / to_shared(total)[..., None]).astype(prompt_values.dtype)
+    completion_probs = (completion_weights / total[..., None]).astype(completion_values.dtype)
+    from_prompt = to_rows(jnp.einsum("bkqp,bkpd->bkqd", prompt_probs, prompt_values))
+    from_completion = jnp.einsum("rkqt,rktd->rkqd", completion_probs, completion_values)
+    return from_prompt + from_completion
+
+
 def mrope_stream_of_frequency(config: TextConfig) -> np.ndarray:
     """For each of the head_dim / 2 rotary frequencies, the position stream (0 t, 1 h, 2 w) driving it."""
     return np.repeat(np.arange(3), config.mrope_section)
@@ -85,11 +209,16 @@ class DecoderAttention(nnx.Module):
         self.v_proj = Projection((d,), (kv, hd), ("embed",), ("kv_heads", "head_dim"), use_bias=True, **kwargs)
         self.o_proj = Projection((heads, hd), (d,), ("q_heads", "head_dim"), ("embed",), use_bias=False, **kwargs)
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
-        batch, length = x.shape[:2]
+    def _project(self, x, cos, sin):
+        """Rotated queries (B, L, heads, D), rotated keys and values (B, L, kv_heads, D)."""
         query = constrain(apply_rotary(self.q_proj(x), cos, sin), ("batch", "length", "act_heads", None))
         key = constrain(apply_rotary(self.k_proj(x), cos, sin), ("batch", "length", "act_kv_heads", None))
         value = constrain(self.v_proj(x), ("batch", "length", "act_kv_heads", None))
+        return query, key, value
+
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+        batch, length = x.shape[:2]
+        query, key, value = self._project(x, cos, sin)
         # Head-major (see the module docstring): only these L tokens are transposed, never the cache.
         query = query.reshape(batch, length, self.num_key_value_heads, self.num_query_groups, -1)
         query = query.transpose(0, 2, 3, 1, 4)  # (B, KV, G, L, D)
@@ -106,6 +235,30 @@ class DecoderAttention(nnx.Module):
         out = grouped_attention(query, key, value, mask).transpose(0, 3, 1, 2, 4)  # (B, L, KV, G, D)
         return self.o_proj(out.reshape(batch, length, -1, out.shape[-1])), new_cache
 
+    def decode_step(self, x, cos, sin, layer_cache, prompt_mask, completion_mask, completion_index):
+        """One new token per row (x: (R, 1, hidden)) through a `SharedPromptCache` layer: its keys/values
+        are written at completion slot `completion_index`, then `shared_prompt_attention`.
+
+        layer_cache: (prompt keys, prompt values, completion keys, completion values) of this layer.
+        Returns (output (R, 1, hidden), (completion keys, completion values))."""
+        rows = x.shape[0]
+        prompt_keys, prompt_values, completion_keys, completion_values = layer_cache
+        query, key, value = self._project(x, cos, sin)
+        # One token: (R, 1, heads, D) -> head-major (R, KV, Q, D) and (R, 1, KV, D) -> (R, KV, 1, D) are
+        # plain reshapes.
+        query = query.reshape(rows, self.num_key_value_heads, self.num_query_groups, -1)
+        key = key.reshape(rows, self.num_key_value_heads, 1, -1)
+        value = value.reshape(rows, self.num_key_value_heads, 1, -1)
+        start = (0, 0, completion_index, 0)
+        completion_keys = constrain(jax.lax.dynamic_update_slice(
+            completion_keys, key.astype(completion_keys.dtype), start), CACHE_AXES)
+        completion_values = constrain(jax.lax.dynamic_update_slice(
+            completion_values, value.astype(completion_values.dtype), start), CACHE_AXES)
+        compute = lambda cached: cached.astype(query.dtype)
+        out = shared_prompt_attention(query, compute(prompt_keys), compute(prompt_values), prompt_mask,
+                                      compute(completion_keys), compute(completion_values), completion_mask)
+        return self.o_proj(out.reshape(rows, 1, -1, out.shape[-1])), (completion_keys, completion_values)
+
 
 class DecoderLayer(nnx.Module):
     def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
@@ -119,9 +272,18 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
         attended, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index)
-        x = x + attended
+        return self._feed_forward(x + attended), new_cache
+
+    def decode_step(self, x, cos, sin, layer_cache, prompt_mask, completion_mask, completion_index):
+        """`__call__` for one token per row over a `SharedPromptCache` layer (see `DecoderAttention.decode_step`)."""
+        attended, new_cache = self.self_attn.decode_step(self.input_layernorm(x), cos, sin, layer_cache, prompt_mask,
+                                                         completion_mask, completion_index)
+        return self._feed_forward(x + attended), new_cache
+
+    def _feed_forward(self, x):
+        """The layer's second residual half: x + MLP(norm(x))."""
         x = x + self.mlp(self.post_attention_layernorm(x), lambda h: constrain(h, ("batch", "length", "act_mlp")))
-        return constrain(x, ("batch", "length", "act_embed")), new_cache
+        return constrain(x, ("batch", "length", "act_embed"))
 
 
 class LanguageModel(nnx.Module):
@@ -178,3 +340,40 @@ class LanguageModel(nnx.Module):
                 new_values.append(updated[1])
         new_cache = None if cache is None else KVCache(keys=tuple(new_keys), values=tuple(new_values))
         return self.norm(x), new_cache
+
+    def decode_step(self, inputs_embeds, position_ids, cache: SharedPromptCache, prompt_mask,
+                    completion_index) -> tuple[jax.Array, SharedPromptCache]:
+        """One new token per row through a `SharedPromptCache` (the rollout engine's decode step).
+
+        inputs_embeds (R, 1, hidden) and position_ids (3, R, 1) for the R = prompts * G rows; the new
+        tokens are written at completion slot `completion_index` (a scalar, the same for every row) and
+        attend the real tokens of their prompt (prompt_mask (prompts, P) bool) and completion slots
+        [0, completion_index]. Returns (final hidden states (R, 1, hidden), the updated cache); the
+        prompt part is read, never written.
+        """
+        rows, length = inputs_embeds.shape[:2]
+        if length != 1:
+            raise ValueError(f"decode_step takes one token per row, got inputs of length {length}")
+        if cache.num_rows != rows:
+            raise ValueError(f"cache holds {cache.num_rows} completion rows, inputs have {rows}")
+        if cache.num_rows % cache.num_prompts:
+            raise ValueError(f"{cache.num_rows} completion rows do not split evenly over {cache.num_prompts} prompts")
+        if prompt_mask.shape != (cache.num_prompts, cache.prompt_length):
+            raise ValueError(f"prompt_mask must have shape {(cache.num_prompts, cache.prompt_length)}, "
+                             f"got {prompt_mask.shape}")
+        if position_ids.shape != (3, rows, 1):
+            raise ValueError(f"position_ids must have shape (3, {rows}, 1), got {position_ids.shape}")
+        completion_mask = jnp.broadcast_to(jnp.arange(cache.completion_length) <= completion_index,
+                                           (rows, cache.completion_length))
+        prompt_mask = prompt_mask.astype(bool)
+        cos, sin = mrope_cos_sin(position_ids, self.config)
+        x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
+        new_keys, new_values = [], []
+        for index, layer in enumerate(self.layers):
+            layer_cache = (cache.prompt_keys[index], cache.prompt_values[index], cache.completion_keys[index],
+                           cache.completion_values[index])
+            x, (keys, values) = layer.decode_step(x, cos, sin, layer_cache, prompt_mask, completion_mask,
+                                                  completion_index)
+            new_keys.append(keys)
+            new_values.append(values)
+        return self.norm(x), cache.replace(completion_keys=tuple(new_keys), completion_values=tuple(new_values))
