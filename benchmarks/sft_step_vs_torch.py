@@ -1,6 +1,7 @@
 """SFT training throughput: our jitted step against the PyTorch reference, same model, batch and threads.
 
     python benchmarks/sft_step_vs_torch.py [--preset small] [--batch 8] [--seq 256] [--steps 3]
+                                           [--xla_options auto|both]
 
 Both sides train the same weights (ours exported with `save_pretrained`, loaded by `transformers`'
 Qwen2_5_VLForConditionalGeneration) on the same batch: `--batch` sequences of `--seq` tokens, each
@@ -13,7 +14,9 @@ alternate between the two sides (so both see the same machine load) and the medi
 
 Before timing, the first-step losses of both sides are printed: they agree to about 1e-4, which
 shows the two are computing the same thing. Throughput = trained sequence tokens (batch x seq,
-images included) per second. The last line is one JSON object with `speedup_vs_torch`.
+images included) per second. Our step compiles with its tuned options (facialr1_jax/parallel/xla_options.py);
+`--xla_options both` also times it with XLA's defaults, in the same alternation. The last line is one
+JSON object with `speedup_vs_torch`.
 """
 
 from __future__ import annotations
@@ -75,13 +78,13 @@ def synthetic_examples(config: models.Qwen2_5_VLConfig, batch: int, seq: int, se
 class OurStep:
     """Our side: TrainStep (one compiled program, state donated) on the benchmark batch."""
 
-    def __init__(self, model, config, examples, *, lr: float, total_steps: int):
+    def __init__(self, model, config, examples, *, lr: float, total_steps: int, compiler_options="auto"):
         mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
         shard_model(model, mesh, TRAINING_RULES)
         tx, schedule = optim.make_optimizer(optimizer_config(lr), total_steps=total_steps)
         model_def, self.state, shardings = state_lib.create_train_state(model, tx, seed=0, mesh=mesh)
         self.train_step = step_lib.TrainStep(model_def, sft.sft_loss, tx, schedule, shardings, mesh,
-                                             rules=TRAINING_RULES)
+                                             rules=TRAINING_RULES, compiler_options=compiler_options)
         collate = batching.SFTCollator(model_config=config, num_micro_batches=1,
                                        max_length=len(examples[0].input_ids), pad_id=0)
         arrays, _ = batching.split_info(collate(examples))
@@ -140,6 +143,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side (after warm-up)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--xla_options", choices=("auto", "both"), default="auto",
+                        help="auto: our step with its tuned compiler options (facialr1_jax/parallel/xla_options.py); "
+                             "both: also time it with XLA's default options (reported as plain_xla_*)")
     args = parser.parse_args()
 
     config = models.get_preset(args.preset)
@@ -149,17 +155,24 @@ def main() -> None:
         models.save_pretrained(model, hf_dir)
         reference = TorchStep(hf_dir, config, examples, lr=args.lr, threads=args.threads)
     ours = OurStep(model, config, examples, lr=args.lr, total_steps=args.steps + 2)
+    plain = (OurStep(model, config, examples, lr=args.lr, total_steps=args.steps + 2, compiler_options=None)
+             if args.xla_options == "both" else None)
 
     jax_loss, compile_seconds = timed(ours)  # compiles
     torch_loss, _ = timed(reference)
     timed(ours)  # one more warm-up each: buffers settle after donation, allocator caches fill
     timed(reference)
-    # Alternate the timed steps so that both sides see the same machine load (other processes may
+    if plain is not None:
+        plain_loss = timed(plain)[0]
+        timed(plain)
+    # Alternate the timed steps so that all sides see the same machine load (other processes may
     # come and go on a shared machine); report the median of each.
-    jax_times, torch_times = [], []
+    jax_times, torch_times, plain_times = [], [], []
     for _ in range(args.steps):
         jax_times.append(timed(ours)[1])
         torch_times.append(timed(reference)[1])
+        if plain is not None:
+            plain_times.append(timed(plain)[1])
     jax_seconds, torch_seconds = float(np.median(jax_times)), float(np.median(torch_times))
 
     tokens = args.batch * args.seq
@@ -178,6 +191,11 @@ def main() -> None:
         "torch_tokens_per_s": round(tokens / torch_seconds, 1),
         "speedup_vs_torch": round(torch_seconds / jax_seconds, 3),
     }
+    if plain is not None:
+        plain_seconds = float(np.median(plain_times))
+        result.update(plain_xla_first_step_loss=round(plain_loss, 6), plain_xla_seconds_per_step=round(plain_seconds, 4),
+                      plain_xla_speedup_vs_torch=round(torch_seconds / plain_seconds, 3),
+                      tuned_over_plain_xla=round(plain_seconds / jax_seconds, 3))
     print(f"first-step loss: ours {jax_loss:.6f}, torch {torch_loss:.6f} (same weights and batch)")
     print(f"ours:  {result['jax_seconds_per_step']:.3f} s/step, {result['jax_tokens_per_s']:.0f} tokens/s "
           f"(compile {compile_seconds:.1f} s)")

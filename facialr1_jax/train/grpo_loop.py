@@ -34,7 +34,7 @@ from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data.examples import EncodingConfig, encode_prompt_example
 from facialr1_jax.fea.emotions import EMOTIONS
 from facialr1_jax import config_validation
-from facialr1_jax.parallel import TRAINING_RULES, files, to_host
+from facialr1_jax.parallel import TRAINING_RULES, files, to_host, xla_options
 from facialr1_jax.rewards import encode_ground_truth, make_reward_fn
 from facialr1_jax.sampling import Engine
 from facialr1_jax.train import checkpoint as checkpoint_lib
@@ -127,7 +127,8 @@ def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh,
     def call(params, batch):
         key = step_lib._batch_signature(batch)
         if key not in compiled:
-            compiled[key] = jax.jit(fn, in_shardings=(params_shardings, step_lib.batch_shardings(batch, mesh)))
+            compiled[key] = jax.jit(fn, in_shardings=(params_shardings, step_lib.batch_shardings(batch, mesh)),
+                                    compiler_options=xla_options.compiler_options(mesh))
         return compiled[key](params, batch)
 
     return call

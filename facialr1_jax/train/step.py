@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from facialr1_jax.parallel import xla_options
 from facialr1_jax.parallel.rules import Rules, activation_sharding
 from facialr1_jax.train.state import ModelDef, TrainState
 
@@ -178,11 +179,23 @@ def _safe_divide(total, count):
     return jnp.where(count > 0, total / jnp.maximum(count, 1e-9), 0.0)
 
 
+def resolve_compiler_options(options: str | dict | None, mesh: Mesh) -> dict | None:
+    """"auto" -> the mesh platform's tuned options (`parallel.xla_options`); None or a dict as given."""
+    if isinstance(options, str):
+        if options != "auto":
+            raise ValueError(f"compiler_options must be 'auto', None or a dict, got {options!r}")
+        return xla_options.compiler_options(mesh)
+    return None if options is None else dict(options)
+
+
 class TrainStep:
     """`state, metrics = step(state, batch)`: one optimiser update over accumulated micro-batches.
 
     metrics (replicated scalars): loss (sum / global denominator), denominator, grad_norm (before
     clipping), lr (of this update), and every loss extra as a sum under its own name.
+
+    `compiler_options`: "auto" (the default) = `parallel.xla_options.compiler_options(mesh)`, the tuned
+    options of the mesh's platform; None = XLA's defaults; or a dict passed to `jax.jit` as it is.
     """
 
     def __init__(
@@ -196,10 +209,12 @@ class TrainStep:
         *,
         donate: bool = True,
         rules: Rules | None = None,
+        compiler_options: str | dict | None = "auto",
     ):
         self.model_def = model_def
         self.rules = rules
         self.loss_fn = loss_fn
+        self.compiler_options = resolve_compiler_options(compiler_options, mesh)
         self.tx = tx
         self.schedule = schedule
         self.state_shardings = state_shardings
@@ -236,6 +251,7 @@ class TrainStep:
                 in_shardings=(self.state_shardings, batch_shardings(batch, self.mesh)),
                 out_shardings=(self.state_shardings, NamedSharding(self.mesh, PartitionSpec())),
                 donate_argnums=(0,) if self.donate else (),
+                compiler_options=self.compiler_options,
             )
         return self._compiled[key]
 
@@ -282,6 +298,7 @@ class EvalStep:
                 self._evaluate,
                 in_shardings=(self.params_shardings, shardings, replicated),
                 out_shardings=replicated,
+                compiler_options=xla_options.compiler_options(self.mesh),
             ), shardings)
         program, shardings = self._compiled[key]
         if _is_host_tree(batch):

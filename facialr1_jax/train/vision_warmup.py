@@ -37,6 +37,7 @@ jitted updates, so a run that restarts from scratch repeats the same warm-up.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -57,6 +58,7 @@ from facialr1_jax.fea.emotions import EMOTIONS
 from facialr1_jax.fea.profiles import find_profile
 from facialr1_jax.fea.records import FEARecord
 from facialr1_jax.models.qwen2_5_vl.vision import vision_plan
+from facialr1_jax.parallel import xla_options
 from facialr1_jax.train import optim
 from facialr1_jax.train.step import BATCH_MESH_AXES
 
@@ -258,7 +260,7 @@ def run_vision_warmup(
         features = jax.vmap(lambda pixels: visual(pixels, plan))(pixel_values)  # (B, tokens, width)
         return nnx.merge(head_graphdef, params["head"])(features)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_options.compiler_options())
     def train_step(params, opt_state, batch):
         def loss_fn(params):
             au_logits, emotion_logits = logits_of(params, batch["pixel_values"])
