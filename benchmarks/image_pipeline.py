@@ -19,11 +19,21 @@ With --jpeg_draft (on by default) a third pipeline times ours with `jpeg_draft=T
 JPEGs decoded at reduced DCT scale, same grid, pixels close to but not equal to the reference.
 Its speed-up is reported beside the headline, which is the bit-exact mode.
 
+With --bound (on by default) a fourth pipeline only decodes and resizes (`open_image` +
+`resize_for_model`, the steps every bit-exact implementation shares with the reference: Pillow's
+decoder and Pillow's bicubic resize define the reference's pixels) and hands back an unfilled
+float32 array of the output's shape, so the worker -> main transfer is the same.
+`speedup_bound_vs_hf` is therefore an upper bound on `speedup_vs_hf` for any exact pipeline that
+decodes and resizes with Pillow, whatever its normalise/patchify costs.
+
 Timing: each worker handles one image at a time. A run starts the workers, makes one warm-up
 pass over the images, then times `--passes` passes; each pipeline runs `--repeats` times,
 alternating, and its best run counts (the machine may be shared). Single-process latencies per
-kind are printed too. The last line printed is one JSON object; `speedup_vs_hf` = our images/s
-/ the reference's images/s through the grain pipeline.
+kind are printed too, with where our time goes: CPU milliseconds of this thread (robust to other
+processes on the machine) for decode (read + decode + EXIF orientation), convert + resize, and
+normalise + patchify (to float32 patches), and the share of decode + resize in their sum. The
+last line printed is one JSON object; `speedup_vs_hf` = our images/s / the reference's images/s
+through the grain pipeline.
 """
 
 from __future__ import annotations
@@ -57,6 +67,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the generated images.")
 _JPEG_DRAFT = flags.DEFINE_boolean(
     "jpeg_draft", True, "Also time ours with jpeg_draft=True (reduced-scale JPEG decoding; same "
     "grid, pixels close but not equal to the reference). The headline stays the exact mode.")
+_BOUND = flags.DEFINE_boolean(
+    "bound", True, "Also time a pipeline that only decodes and resizes (the work every exact "
+    "implementation shares with the reference): an upper bound on the exact speed-up.")
 
 # kind -> (width, height, format, mode): the native files of the FEA-20K sources.
 IMAGE_KINDS = {
@@ -94,6 +107,48 @@ def ours(path: str, *, min_pixels: int, max_pixels: int, jpeg_draft: bool = Fals
 
     return images.preprocess(path, min_pixels=min_pixels, max_pixels=max_pixels,
                              jpeg_draft=jpeg_draft)
+
+
+def decode_resize_only(path: str, *, min_pixels: int, max_pixels: int):
+    """Ours without normalise/patchify: an unfilled float32 array of the output's shape."""
+    import numpy as np
+
+    from facialr1_jax.data import images
+
+    decoded = images.open_image(path)
+    height, width = images.smart_resize(decoded.height, decoded.width, min_pixels=min_pixels,
+                                        max_pixels=max_pixels)
+    images.resize_for_model(decoded, height, width)
+    grid = np.array([1, height // 14, width // 14], np.int64)
+    return np.empty((grid[1] * grid[2], 3 * 2 * 14 * 14), np.float32), grid
+
+
+def ours_stages_ms(paths, *, min_pixels: int, max_pixels: int, repeats: int) -> dict[str, float]:
+    """Where `ours` spends its time: best mean CPU ms of this thread per stage, as `preprocess`
+    runs them (decode = read + decode + EXIF orientation)."""
+    import numpy as np
+
+    from facialr1_jax.data import images
+
+    best = {"decode": float("inf"), "convert_resize": float("inf"),
+            "normalise_patchify": float("inf")}
+    for _ in range(repeats):
+        spent = dict.fromkeys(best, 0.0)
+        for path in paths:
+            start = time.thread_time()
+            decoded = images.open_image(path)
+            decoded_at = time.thread_time()
+            height, width = images.smart_resize(decoded.height, decoded.width,
+                                                min_pixels=min_pixels, max_pixels=max_pixels)
+            resized = images.resize_for_model(decoded, height, width)
+            resized_at = time.thread_time()
+            images.normalise_and_patchify(np.asarray(resized))
+            spent["decode"] += decoded_at - start
+            spent["convert_resize"] += resized_at - decoded_at
+            spent["normalise_patchify"] += time.thread_time() - resized_at
+        for stage, seconds in spent.items():
+            best[stage] = min(best[stage], seconds / len(paths) * 1e3)
+    return best
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,6 +213,7 @@ def main(argv):
     ours_fn = functools.partial(ours, **bounds)
     reference_fn = functools.partial(reference, **bounds)
     draft_fn = functools.partial(ours, jpeg_draft=True, **bounds)
+    bound_fn = functools.partial(decode_resize_only, **bounds)
 
     with tempfile.TemporaryDirectory(prefix="image_pipeline_") as scratch:
         if _IMAGE_DIR.value:
@@ -186,6 +242,9 @@ def main(argv):
                 raise SystemExit(f"outputs differ on {path}: the benchmark would be meaningless")
             if not np.array_equal(draft_fn(path)[1], want_grid):
                 raise SystemExit(f"jpeg_draft changed the grid of {path}")
+            bound_pixels, bound_grid = bound_fn(path)
+            if bound_pixels.shape != want_pixels.shape or not np.array_equal(bound_grid, want_grid):
+                raise SystemExit(f"the decode+resize bound has another output shape on {path}")
         print(f"{len(paths)} images, outputs equal bit for bit; {_WORKERS.value} grain workers, "
               f"{os.cpu_count()} CPUs, pixels in [{bounds['min_pixels']}, {bounds['max_pixels']}]")
 
@@ -193,14 +252,23 @@ def main(argv):
         for kind, kind_paths in by_kind.items():
             ours_ms = _latency_ms(ours_fn, kind_paths, _REPEATS.value)
             reference_ms = _latency_ms(reference_fn, kind_paths, _REPEATS.value)
+            stages = ours_stages_ms(kind_paths, repeats=_REPEATS.value, **bounds)
+            shared = (stages["decode"] + stages["convert_resize"]) / sum(stages.values())
             per_kind[kind] = {"ours_ms": round(ours_ms, 3), "hf_ms": round(reference_ms, 3),
-                              "speedup": round(reference_ms / ours_ms, 2)}
+                              "speedup": round(reference_ms / ours_ms, 2),
+                              "ours_stages_cpu_ms": {stage: round(ms, 3)
+                                                     for stage, ms in stages.items()},
+                              "decode_resize_share": round(shared, 3)}
             print(f"  one process, {kind:>10}: ours {ours_ms:7.2f} ms/image, reference "
-                  f"{reference_ms:7.2f} ms/image, x{reference_ms / ours_ms:.2f}")
+                  f"{reference_ms:7.2f} ms/image, x{reference_ms / ours_ms:.2f}; ours CPU: "
+                  + ", ".join(f"{stage} {ms:.2f}" for stage, ms in stages.items())
+                  + f" ms ({shared:.0%} decode + resize)")
 
         pipelines = {"ours": ours_fn, "hf": reference_fn}
         if _JPEG_DRAFT.value:
             pipelines["ours_jpeg_draft"] = draft_fn
+        if _BOUND.value:
+            pipelines["decode_resize_only"] = bound_fn
         rates = dict.fromkeys(pipelines, 0.0)
         for _ in range(_REPEATS.value):  # alternate, so load from other processes hits all
             for name, fn in pipelines.items():
@@ -210,7 +278,7 @@ def main(argv):
         print("grain pipeline: " + ", ".join(f"{name} {rate:.1f} images/s"
                                              for name, rate in rates.items()))
 
-    print(json.dumps({
+    result = {
         "benchmark": "image_pipeline",
         "images": len(paths),
         "kinds": list(by_kind),
@@ -225,8 +293,12 @@ def main(argv):
         **({"ours_jpeg_draft_images_per_s": round(rates["ours_jpeg_draft"], 2),
             "speedup_vs_hf_jpeg_draft": round(rates["ours_jpeg_draft"] / reference_rate, 3)}
            if _JPEG_DRAFT.value else {}),
+        **({"decode_resize_only_images_per_s": round(rates["decode_resize_only"], 2),
+            "speedup_bound_vs_hf": round(rates["decode_resize_only"] / reference_rate, 3)}
+           if _BOUND.value else {}),
         "speedup_vs_hf": round(ours_rate / reference_rate, 3),
-    }))
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -532,6 +532,21 @@ def normalise_and_patchify(
     return out.view(np.float32).reshape(n_patches, -1)
 
 
+def resize_for_model(image: Image.Image, height: int, width: int) -> Image.Image:
+    """A decoded image converted and resized as the reference does, ready to patchify.
+
+    RGB conversion as `to_rgb`, then Pillow's bicubic resize to (height, width) - the reference's
+    two steps, equal bit for bit. Grayscale ("L") stays one channel: Pillow's L -> RGB copies the
+    value into each channel and the resize treats channels independently, so resizing one channel
+    gives the same pixels at a third of the cost (`normalise_and_patchify` reads it three times).
+    No resize (and no copy) when the image already has the target size.
+    """
+    working = image if image.mode == "L" else to_rgb(image)
+    if (width, height) != working.size:
+        working = working.resize((width, height), resample=RESAMPLE)
+    return working
+
+
 def preprocess(
     image: ImageSource,
     *,
@@ -568,10 +583,7 @@ def preprocess(
     else:
         decoded = open_image(image, max_image_pixels=max_image_pixels)
         resized_height, resized_width = target(*decoded.size)
-    # Grayscale stays one channel through the resize (see module docstring); all else is RGB.
-    working = decoded if decoded.mode == "L" else to_rgb(decoded)
-    if (resized_width, resized_height) != working.size:
-        working = working.resize((resized_width, resized_height), resample=RESAMPLE)
+    working = resize_for_model(decoded, resized_height, resized_width)
     pixel_values = normalise_and_patchify(
         np.asarray(working), patch_size=patch_size, temporal_patch_size=temporal_patch_size,
         merge_size=merge_size, image_mean=image_mean, image_std=image_std)

@@ -235,6 +235,78 @@ def test_exif_orientation_is_applied_like_transformers_load_image():
     assert sideways.shape != ours.shape or not np.array_equal(sideways, ours)
 
 
+def _rgb_file(height, width, fmt, seed, **save_args):
+    return _encode(Image.fromarray(_photo(height, width, seed=seed)), fmt, **save_args)
+
+
+def _mode_file(mode, height, width, fmt, seed, **save_args):
+    return _encode(Image.fromarray(_photo(height, width, seed=seed)).convert(mode), fmt,
+                   **save_args)
+
+
+# Files as data sets hold them, each through preprocess(bytes) and the reference's processor on
+# the decoded file: (decoded mode, source size) noted so a case cannot silently test another path.
+_FILE_CASES = {
+    "progressive_jpeg": (lambda: _rgb_file(230, 310, "JPEG", 40, progressive=True), "RGB"),
+    "cmyk_jpeg": (lambda: _mode_file("CMYK", 150, 120, "JPEG", 41), "CMYK"),
+    "grayscale_jpeg_downscaled": (lambda: _mode_file("L", 900, 700, "JPEG", 42), "L"),
+    "grayscale_png_no_resize": (lambda: _mode_file("L", 112, 168, "PNG", 43), "L"),
+    "rgb_png_no_resize": (lambda: _rgb_file(448, 448, "PNG", 44), "RGB"),
+    "rgb_jpeg_no_resize": (lambda: _rgb_file(224, 336, "JPEG", 45), "RGB"),
+    "one_bit_png": (lambda: _mode_file("1", 90, 70, "PNG", 46), "1"),
+    "rgba_png_downscaled": (lambda: _encode(Image.fromarray(_photo(700, 500, seed=47, channels=4),
+                                                            "RGBA"), "PNG"), "RGBA"),
+    "palette_gif": (lambda: _encode(Image.fromarray(_photo(80, 96, seed=48)).convert(
+        "P", palette=Image.Palette.ADAPTIVE), "GIF"), "P"),
+    "tiny_grayscale_png": (lambda: _mode_file("L", 3, 5, "PNG", 49), "L"),
+    "thin_rgb_jpeg": (lambda: _rgb_file(20, 1900, "JPEG", 50), "RGB"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FILE_CASES))
+def test_image_files_match_reference(case):
+    build, mode = _FILE_CASES[case]
+    encoded = build()
+    decoded = Image.open(io.BytesIO(encoded))
+    assert decoded.mode == mode
+    bounds = dict(min_pixels=HF_MIN_PIXELS, max_pixels=448 * 448)
+    _assert_matches_reference(encoded, decoded, **bounds)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_every_exif_orientation_of_a_resized_jpeg_matches_load_image_then_reference(orientation):
+    # Orientations 2..8: mirrored, rotated 180, mirrored + rotated, rotated 90 / 270.
+    from transformers.image_utils import load_image as hf_load_image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    encoded = _rgb_file(130, 250, "JPEG", 51, exif=exif.tobytes())
+    upright = hf_load_image(Image.open(io.BytesIO(encoded)))
+    _, grid = _assert_matches_reference(encoded, upright, max_pixels=112 * 112)
+    quarter_turn = orientation >= 5
+    assert (grid[1] > grid[2]) == quarter_turn  # stored landscape; upright portrait if turned
+
+
+def test_resize_for_model_resizes_grayscale_as_its_rgb_expansion():
+    gray = Image.fromarray(_photo(97, 143, seed=52, channels=1), "L")
+    one_channel = images.resize_for_model(gray, 56, 84)
+    assert one_channel.mode == "L" and one_channel.size == (84, 56)
+    expanded = gray.convert("RGB").resize((84, 56), resample=Image.Resampling.BICUBIC)
+    for channel in range(3):
+        np.testing.assert_array_equal(np.asarray(one_channel), np.asarray(expanded)[..., channel])
+
+
+def test_resize_for_model_converts_and_skips_the_resize_at_target_size():
+    rgb = Image.fromarray(_photo(56, 84, seed=53))
+    assert images.resize_for_model(rgb, 56, 84) is rgb  # already the target: no copy
+    rgba = Image.fromarray(_photo(56, 84, seed=54, channels=4), "RGBA")
+    converted = images.resize_for_model(rgba, 56, 84)
+    assert converted.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(converted), np.asarray(images.to_rgb(rgba)))
+    resized = images.resize_for_model(rgba, 28, 56)
+    assert resized.mode == "RGB" and resized.size == (56, 28)
+
+
 def test_numpy_inputs_match_reference():
     rgb = _photo(50, 70, seed=15)
     _assert_matches_reference(rgb, rgb)
