@@ -4,11 +4,11 @@ Two compiled programs per (bucketed) shape, both functional `jax.jit` over `nnx.
 parameters are a traced argument, the graph definition is static):
 
 1. prefill(params, prompts, rng): vision tower + one decoder pass over the B left-padded prompts into a
-   KV cache of P slots, one row per prompt. That cache becomes the prompt part of a
-   `models.SharedPromptCache` as it is (never repeated); the completion part, T = max_new_tokens slots,
-   has one row per sample: R = B * G rows ordered [prompt0 x G, prompt1 x G, ...]. The last position's
-   logits are repeated G times and the first token of every row is drawn. Each (image, prompt) is
-   encoded, and its keys/values stored, once however many samples it gets.
+   KV cache of P slots, one row per prompt. That cache becomes, as it is (never repeated), the prompt
+   part of a `SharedPromptCache` (`models.qwen2_5_vl.text`); its completion part, T = max_new_tokens
+   slots, has one row per sample: R = B * G rows ordered [prompt0 x G, prompt1 x G, ...]. The last
+   position's logits are repeated G times and the first token of every row is drawn. Each (image,
+   prompt) is encoded, and its keys/values stored, once however many samples it gets.
 2. decode(params, state): a `lax.while_loop` that feeds the previous token through
    `LanguageModel.decode_step`, which appends its keys/values at completion slot t - 1 and attends the
    prompt part with the G samples' queries of a prompt batched together (one matmul per prompt and kv

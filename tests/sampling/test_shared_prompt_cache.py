@@ -209,3 +209,20 @@ def test_both_cache_parts_split_over_the_batch_mesh_axes(tiny_config):
         spec = tuple(part.sharding.spec) + (None,) * (part.ndim - len(part.sharding.spec))
         assert "data" in jax.tree.leaves(spec[0]), f"{part.shape} rows are not split over data: {spec}"
         assert "tensor" in jax.tree.leaves(spec[1]), f"{part.shape} kv heads are not split over tensor: {spec}"
+
+
+def test_bfloat16_cache_decodes_close_to_float32(tiny_model, tiny_config):
+    # The KV cache dtype option covers both parts; decoding over a bfloat16 cache stays within bfloat16
+    # rounding of the float32 run (same greedy prompts, every step's logits compared).
+    batch = prompt_batch(tiny_config, image_prompts(tiny_config)[:2])
+    options = dict(max_new_tokens=4, num_samples=2, temperature=0.0, stop_token_ids=(), return_logits=True)
+    low = Engine.for_model(tiny_model, cache_dtype=jnp.bfloat16)
+    state = _prefill_state(low, tiny_model, batch, **options)
+    for part in (state.cache.prompt_keys, state.cache.prompt_values, state.cache.completion_keys,
+                 state.cache.completion_values):
+        assert all(layer.dtype == jnp.bfloat16 for layer in part)
+    params = nnx.state(tiny_model)
+    full = Engine.for_model(tiny_model, cache_dtype=jnp.float32).generate(params, batch, **options)
+    reduced = low.generate(params, batch, **options)
+    np.testing.assert_allclose(np.asarray(reduced.logits[:, 1:]), np.asarray(full.logits[:, 1:]), atol=5e-2)
+    assert not np.array_equal(np.asarray(reduced.logits[:, 1:]), np.asarray(full.logits[:, 1:]))  # really bfloat16
