@@ -667,11 +667,11 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
                             micro)
     log_prob_passes = (1 if beta > 0 else 0) + (1 if mu > 1 else 0)
     if log_prob_passes:
-        # run_grpo's own log-prob function, traced under an outer jit so that it lowers from shapes
+        # run_grpo's own log-prob program, lowered from shapes
         batch_arg = abstract_like(policy_batch, step_lib.batch_shardings(policy_batch, mesh))
         log_prob_fn = grpo_loop.make_log_prob_fn(step_lib.forward_only(training.model_def, training.state.params),
                                                  training.shardings.params, mesh, completion)
-        _, compiled, seconds = _compile(jax.jit(log_prob_fn), training.state.params, batch_arg)
+        _, compiled, seconds = _compile(log_prob_fn.program(batch_arg), training.state.params, batch_arg)
         programs.append(_program_plan("policy_log_probs", compiled, seconds, executions=log_prob_passes,
                                       resident_bytes=state_bytes - params_bytes + reference_bytes,
                                       model_flops=forward * num_micro))

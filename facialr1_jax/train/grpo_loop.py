@@ -113,7 +113,8 @@ def make_grpo_loss(settings: dict, *, use_stored_old_log_probs: bool):
 
 
 def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh, num_completion_tokens: int):
-    """jitted (params, batch) -> [num_micro, rows, T] log-probs of the completion tokens."""
+    """jitted (params, batch) -> [num_micro, rows, T] log-probs of the completion tokens; `.program(batch)`
+    is the jitted function for that batch structure (what the planner compiles)."""
 
     def per_micro(params, micro):
         model = model_def.merge(params)
@@ -124,13 +125,18 @@ def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh,
 
     compiled: dict = {}
 
-    def call(params, batch):
+    def program(batch):
+        """The jitted program for this batch's structure (built on first use; the planner compiles it)."""
         key = step_lib._batch_signature(batch)
         if key not in compiled:
             compiled[key] = jax.jit(fn, in_shardings=(params_shardings, step_lib.batch_shardings(batch, mesh)),
                                     compiler_options=xla_options.compiler_options(mesh))
-        return compiled[key](params, batch)
+        return compiled[key]
 
+    def call(params, batch):
+        return program(batch)(params, batch)
+
+    call.program = program
     return call
 
 
