@@ -51,6 +51,15 @@ the new tokens' slots. Each query attends the real slots at or before its own. S
             P + step set to 1, cache, cache_index=P + step).
 Donate the cache to the jitted step; updates are dynamic_update_slice in place.
 
+Shared-prompt (cascade) decoding, what the rollout engine runs: the prefill's cache (one row per prompt)
+becomes the prompt part of a `text.SharedPromptCache` (`text.shared_prompt_cache(config, prefill_cache,
+samples_per_prompt, completion_length)`), never repeated; each of the G samples of a prompt gets its own
+completion part, and
+    hidden, cache = model.language_model.decode_step(embeds (R, 1), position_ids, cache, prompt_mask,
+                                                     completion_index)
+attends the shared prompt with the G samples' queries in one matmul and each row's own completion,
+under one softmax (`text.shared_prompt_attention`).
+
 Convenience (host planning included; one compiled program per input shape; not for hot loops)
 --------------------------------------------------------------------------------------------
     logits = model(input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None)
