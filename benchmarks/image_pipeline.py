@@ -24,7 +24,8 @@ With --bound (on by default) a fourth pipeline only decodes and resizes (`open_i
 decoder and Pillow's bicubic resize define the reference's pixels) and hands back an unfilled
 float32 array of the output's shape, so the worker -> main transfer is the same.
 `speedup_bound_vs_hf` is therefore an upper bound on `speedup_vs_hf` for any exact pipeline that
-decodes and resizes with Pillow, whatever its normalise/patchify costs.
+decodes and resizes with Pillow and hands float32 patches across, however cheap its normalise and
+patchify (only a smaller payload, e.g. uint8 patches normalised by the consumer, could pass it).
 
 Timing: each worker handles one image at a time. A run starts the workers, makes one warm-up
 pass over the images, then times `--passes` passes; each pipeline runs `--repeats` times,
@@ -278,7 +279,7 @@ def main(argv):
         print("grain pipeline: " + ", ".join(f"{name} {rate:.1f} images/s"
                                              for name, rate in rates.items()))
 
-    result = {
+    print(json.dumps({
         "benchmark": "image_pipeline",
         "images": len(paths),
         "kinds": list(by_kind),
@@ -297,8 +298,7 @@ def main(argv):
             "speedup_bound_vs_hf": round(rates["decode_resize_only"] / reference_rate, 3)}
            if _BOUND.value else {}),
         "speedup_vs_hf": round(ours_rate / reference_rate, 3),
-    }
-    print(json.dumps(result))
+    }))
 
 
 if __name__ == "__main__":
