@@ -165,6 +165,8 @@ def main(argv=None) -> dict:
 
         from flax import nnx
 
+        # As the launchers do from data.max_pixels: the vision tower's full-attention blocks attend frame by frame.
+        models.bound_frame_patches(model, int(np.prod(IMAGE_GRID)) * config.vision_config.patch_size ** 2)
         engine = Engine.for_model(model)
         params = nnx.state(model)
         fanned = PromptBatch.from_prompts(prompts, config, pad_id=pad, max_length=args.prompt_length)

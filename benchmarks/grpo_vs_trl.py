@@ -266,7 +266,7 @@ def main(argv=None) -> dict:
     import torch
 
     from facialr1_jax.data.tokenizer import load_tokenizer
-    from facialr1_jax.models import init_model
+    from facialr1_jax.models import bound_frame_patches, init_model
     from facialr1_jax.models.hf_io import save_pretrained
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -305,6 +305,9 @@ def main(argv=None) -> dict:
                                  new_tokens=args.new_tokens, beta=args.beta, learning_rate=args.learning_rate,
                                  warmup=args.warmup, steps=args.steps, seed=args.seed)
 
+        # As the launcher does from data.max_pixels: frames are at most image_size^2 pixels, so the vision
+        # tower's full-attention blocks attend frame by frame (facialr1_jax/models/qwen2_5_vl/vision.py).
+        bound_frame_patches(model, args.image_size ** 2)
         prompts = our_prompt_examples(processor, images, with_image)
         results["prompt_tokens"] = [len(p.input_ids) for p in prompts]
         step = OurGRPOStep(model, tokenizer, prompts, labels, samples=args.samples, new_tokens=args.new_tokens,

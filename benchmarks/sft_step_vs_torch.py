@@ -150,6 +150,8 @@ def main() -> None:
 
     config = models.get_preset(args.preset)
     model = models.Qwen2_5_VL(config, rngs=nnx.Rngs(0))
+    # As the launcher does from data.max_pixels: the vision tower's full-attention blocks attend frame by frame.
+    models.bound_frame_patches(model, int(np.prod(IMAGE_GRID)) * config.vision_config.patch_size ** 2)
     examples = synthetic_examples(config, args.batch, args.seq, seed=0)
     with tempfile.TemporaryDirectory() as hf_dir:
         models.save_pretrained(model, hf_dir)

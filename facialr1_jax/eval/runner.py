@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from facialr1_jax.models import bound_frame_patches
 from facialr1_jax.eval import plan as plan_lib
 from facialr1_jax.eval import report as report_lib
 from facialr1_jax.eval.metrics import BenchmarkMetrics, ExampleScore, score_benchmark
@@ -251,6 +252,7 @@ def run_eval(config, workdir: str) -> dict:
     if config.model.tokenizer:
         tokenizer = tokenizer_lib.load_tokenizer(config.model.tokenizer)
     encoding = encoding_for(info, config.data, use_checkpoint=bool(config.eval.use_checkpoint_encoding))
+    bound_frame_patches(model, encoding.image.max_pixels)  # frames are resized to at most this
     _log.info("evaluating %s checkpoint %s (step %s); prompts: %s, %d..%d pixels", info["kind"], info["path"],
               info["step"], encoding.prompt_variant, encoding.image.min_pixels, encoding.image.max_pixels)
 

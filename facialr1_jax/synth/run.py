@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from facialr1_jax.models import bound_frame_patches
 from facialr1_jax.config_validation import ConfigError
 from facialr1_jax.fea.records import FEARecord, read_jsonl
 from facialr1_jax.synth import checks as checks_lib
@@ -356,6 +357,7 @@ def run_synthesis(config: Any, workdir: str) -> dict[str, Any]:
     if config.model.tokenizer:
         tokenizer = tokenizer_lib.load_tokenizer(config.model.tokenizer)
     encoding = encoding_for(info, config.data)
+    bound_frame_patches(model, encoding.image.max_pixels)  # frames are resized to at most this
     encoding = dataclasses.replace(encoding, max_prompt_tokens=settings.max_prompt_tokens,
                                    prompt_variant=settings.prompt_variant or encoding.prompt_variant)
     generator = ModelGenerator(model, tokenizer, batch_size=settings.batch_size,

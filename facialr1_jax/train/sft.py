@@ -92,6 +92,9 @@ def build_model(config: Any, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, Any, 
         preset = m.preset
         _log.info("model: fresh %s preset", m.preset)
     shard_model(model, mesh, TRAINING_RULES)
+    # The data resizes every image to at most data.max_pixels: full-attention vision blocks may then
+    # attend frame by frame (a GRPO batch holds each prompt's image G times).
+    models.bound_frame_patches(model, int(config.data.max_pixels))
     if len(tokenizer) > model.config.text_config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has only "
                          f"{model.config.text_config.vocab_size}")

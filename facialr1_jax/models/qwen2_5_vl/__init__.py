@@ -89,6 +89,7 @@ from facialr1_jax.models.qwen2_5_vl.positions import (
 from facialr1_jax.models.qwen2_5_vl.text import KVCache, init_cache
 from facialr1_jax.models.qwen2_5_vl.vision import (
     VisionPlan,
+    bound_frame_patches,
     bucket_size,
     merged_token_count,
     num_patches,
@@ -103,6 +104,7 @@ __all__ = [
     "TextConfig",
     "VisionConfig",
     "VisionPlan",
+    "bound_frame_patches",
     "bucket_size",
     "decode_position_ids",
     "init_cache",

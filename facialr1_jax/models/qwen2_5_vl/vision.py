@@ -17,8 +17,12 @@ and come out after all real merged tokens, so callers drop them by count.
 
 Attention is always "same segment id" masking. Windowed blocks compute it block by block (a window
 holds at most (window_size / patch_size)^2 patches, so each block of that many positions only needs
-itself and its two neighbours): O(N * 64) rather than O(N^2) memory. Full-attention blocks take
-1024 queries at a time against all keys.
+itself and its two neighbours): O(N * 64) rather than O(N^2) memory. Full-attention blocks attend
+within whole frames. When the tower knows a bound on a frame's patch count (`frame_patches_bound`,
+set from the data's max_pixels by `bound_frame_patches`), they use the same block scheme with blocks
+of that size, O(N * bound), and check at run time that every frame fits (the sequence of G copies of
+one image in a GRPO batch is then G small attentions, not one G^2-sized one); otherwise, or when a
+frame does not fit, they take 1024 queries at a time against all keys.
 """
 
 from __future__ import annotations
@@ -181,9 +185,39 @@ def windowed_attention(query, key, value, segment_ids, block: int):
     return out.reshape(blocks * block, heads, dim)[:n]
 
 
-def full_segment_attention(query, key, value, segment_ids, query_chunk: int = FULL_ATTENTION_QUERY_CHUNK):
-    """Attention within arbitrary-length segments (whole images), `query_chunk` queries at a time so the
-    score matrix never exceeds (query_chunk, N) per head; chunks are rematerialised in the backward pass."""
+def segments_fit(segment_ids: jax.Array, bound: int) -> jax.Array:
+    """True (a traced bool) when every real segment (id >= 0) spans at most `bound` positions from its
+    first to its last occurrence: then each lies within two neighbouring blocks of `bound` positions."""
+    n = segment_ids.shape[0]
+    positions = jnp.arange(n, dtype=jnp.int32)
+    ids = jnp.where(segment_ids >= 0, segment_ids, n)  # padding goes to an extra, ignored bucket
+    first = jax.ops.segment_min(positions, ids, num_segments=n + 1)[:n]
+    last = jax.ops.segment_max(positions, ids, num_segments=n + 1)[:n]
+    span = jnp.where(last >= first, last - first + 1, 0)
+    return jnp.max(span) <= bound
+
+
+def full_segment_attention(query, key, value, segment_ids, query_chunk: int = FULL_ATTENTION_QUERY_CHUNK,
+                           segment_bound: int | None = None):
+    """Attention within arbitrary-length segments (whole image frames).
+
+    With `segment_bound` (a promise that no frame exceeds that many patches, checked at run time) and a
+    sequence longer than three such blocks: `windowed_attention` with blocks of `segment_bound`, which
+    reads 3 * segment_bound keys per query instead of N; a frame that breaks the promise sends the call
+    to the general path, so the result never depends on it. The general path takes `query_chunk`
+    queries at a time so the score matrix never exceeds (query_chunk, N) per head; chunks are
+    rematerialised in the backward pass. Real positions get the same values on both paths; padding
+    positions (segment -1, never read downstream) may differ."""
+    n = query.shape[0]
+    if segment_bound is not None and 3 * segment_bound < n:
+        return jax.lax.cond(
+            segments_fit(segment_ids, segment_bound),
+            lambda: windowed_attention(query, key, value, segment_ids, segment_bound),
+            lambda: _chunked_segment_attention(query, key, value, segment_ids, query_chunk))
+    return _chunked_segment_attention(query, key, value, segment_ids, query_chunk)
+
+
+def _chunked_segment_attention(query, key, value, segment_ids, query_chunk: int):
     n, heads, dim = query.shape
     if n <= query_chunk:
         return _attend(query, key, value, segment_ids, segment_ids)
@@ -211,14 +245,15 @@ class VisionAttention(nnx.Module):
                                dtype=dtype, param_dtype=param_dtype, rngs=rngs, stddev=std)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
-                 window_block: int | None) -> jax.Array:
-        """`window_block`: the longest possible segment when the segments are windows, None for images."""
+                 window_block: int | None, frame_bound: int | None = None) -> jax.Array:
+        """`window_block`: the longest possible segment when the segments are windows, None for image frames;
+        `frame_bound`: for frames, the promised largest frame (see `full_segment_attention`)."""
         qkv = self.qkv(x)  # (N, 3, heads, head_dim)
         query, key, value = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         query = constrain(apply_rotary(query, cos, sin), ("vision_tokens", "act_vision_heads", None))
         key = apply_rotary(key, cos, sin)
         if window_block is None:
-            out = full_segment_attention(query, key, value, segment_ids)
+            out = full_segment_attention(query, key, value, segment_ids, segment_bound=frame_bound)
         else:
             out = windowed_attention(query, key, value, segment_ids, window_block)
         return self.proj(out)
@@ -233,8 +268,8 @@ class VisionBlock(nnx.Module):
                             hidden_axis="vision_mlp", dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                             stddev=config.initializer_range)
 
-    def __call__(self, x, cos, sin, segment_ids, window_block):
-        x = x + self.attn(self.norm1(x), cos, sin, segment_ids, window_block)
+    def __call__(self, x, cos, sin, segment_ids, window_block, frame_bound=None):
+        x = x + self.attn(self.norm1(x), cos, sin, segment_ids, window_block, frame_bound)
         x = x + self.mlp(self.norm2(x), lambda h: constrain(h, ("vision_tokens", "act_vision_mlp")))
         return constrain(x, ("vision_tokens", "act_vision_embed"))
 
@@ -264,6 +299,8 @@ class VisionTower(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.remat = remat  # recompute each block's activations in the backward pass instead of storing them
+        # The most patches one image frame may have (None: unknown); see `bound_frame_patches`.
+        self.frame_patches_bound: int | None = None
         self.patch_embed = Projection((config.patch_dim,), (config.hidden_size,), ("patch",), ("vision_embed",),
                                       use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                                       stddev=config.initializer_range)
@@ -291,10 +328,30 @@ class VisionTower(nnx.Module):
                 segments, window_block = plan.image_segment_ids, None
             else:
                 segments, window_block = plan.window_segment_ids, self.config.window_patches
-            call = nnx.remat(VisionBlock.__call__, static_argnums=(5,)) if self.remat else VisionBlock.__call__
-            x = call(block, x, cos, sin, segments, window_block)
+            call = nnx.remat(VisionBlock.__call__, static_argnums=(5, 6)) if self.remat else VisionBlock.__call__
+            x = call(block, x, cos, sin, segments, window_block, self.frame_patches_bound)
         merged = self.merger(x)
         return jnp.take(merged, plan.merged_restore, axis=0)
+
+
+def frame_patches_for(max_pixels: int, config: VisionConfig) -> int:
+    """The most patches a frame resized to at most `max_pixels` pixels can have (sides are multiples of
+    patch_size * merge_size, so the count is a multiple of the merge unit)."""
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    patches = int(max_pixels) // (config.patch_size * config.patch_size)
+    return max(config.merge_unit, patches // config.merge_unit * config.merge_unit)
+
+
+def bound_frame_patches(model: nnx.Module, max_pixels: int) -> int:
+    """Promises `model`'s vision tower (a Qwen2_5_VL or a VisionTower) frames of at most `max_pixels`
+    pixels, which lets its full-attention blocks attend frame by frame (`full_segment_attention`); a
+    larger frame still gets the exact result, by the general path. Returns the bound in patches."""
+    tower = getattr(model, "visual", model)
+    if not isinstance(tower, VisionTower):
+        raise TypeError(f"expected a Qwen2_5_VL or a VisionTower, got {type(model).__name__}")
+    tower.frame_patches_bound = frame_patches_for(max_pixels, tower.config)
+    return tower.frame_patches_bound
 
 
 def merged_token_count(grid_thw, config: VisionConfig) -> int:
