@@ -62,6 +62,7 @@ from facialr1_jax import models
 from facialr1_jax.data import batching
 from facialr1_jax.data.examples import TrainExample
 from facialr1_jax.data.images import ImageConfig
+from facialr1_jax.parallel import xla_options
 from facialr1_jax.parallel.mesh import MESH_AXES, make_mesh
 from facialr1_jax.parallel.rules import TRAINING_RULES, activation_sharding, state_shardings
 
@@ -563,6 +564,8 @@ def _batch_split_note(rows: int, mesh: Mesh, what: str) -> list[str]:
     return []
 
 
+# The planner's CPU devices stand in for accelerators: its programs get no CPU-only compiler options.
+@xla_options.platform_defaults()
 def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
     """The SFT train step of `config` (an SFT config) on `mesh`."""
     from facialr1_jax.train import sft as sft_lib
@@ -599,6 +602,7 @@ def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
         programs=[program], notes=_batch_split_note(micro_rows, mesh, "sft step"))
 
 
+@xla_options.platform_defaults()
 def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     """One GRPO step of `config` on `mesh`: rollout (prefill + decode), the reference (and, with
     mu > 1, old-policy) log-probs, and mu policy updates, as `train.grpo_loop.run_grpo` runs them."""

@@ -10,13 +10,16 @@ removes most of that time (profile: 664 -> 212 ms of copies per step). Measure i
 in turn). The float32 results move by rounding only (first-step loss within 1e-6).
 
 Other platforms get no options (None): GPU and TPU compilers have their own fusion strategies.
-`FACIALR1_XLA_OPTIONS=none` in the environment turns the CPU options off too, e.g. to compare.
+`FACIALR1_XLA_OPTIONS=none` in the environment turns the CPU options off too, e.g. to compare;
+`platform_defaults()` does so for a block of code (the compile-only planner, whose fake CPU devices
+stand in for accelerators, plans programs as an accelerator would compile them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import jax
 
@@ -48,3 +51,17 @@ def _platform(devices) -> str:
         return devices.platform
     first = next(iter(devices), None)
     return jax.default_backend() if first is None else first.platform
+
+
+@contextlib.contextmanager
+def platform_defaults() -> Iterator[None]:
+    """Within the block, `compiler_options` gives None on every platform (XLA's own defaults)."""
+    before = os.environ.get(ENV_SWITCH)
+    os.environ[ENV_SWITCH] = "none"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_SWITCH, None)
+        else:
+            os.environ[ENV_SWITCH] = before

@@ -84,3 +84,24 @@ def test_tuned_options_reach_the_compiler_and_change_results_by_rounding_only():
     np.testing.assert_allclose(float(tuned_metrics["loss"]), float(plain_metrics["loss"]), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(tuned_state.params), jax.tree.leaves(plain_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_platform_defaults_turns_the_options_off_for_a_block_and_restores_the_switch(monkeypatch):
+    from facialr1_jax.parallel import planning
+
+    monkeypatch.delenv(xla_options.ENV_SWITCH, raising=False)
+    with xla_options.platform_defaults():
+        assert xla_options.compiler_options() is None
+    assert xla_options.compiler_options() == xla_options.CPU_OPTIONS
+    monkeypatch.setenv(xla_options.ENV_SWITCH, "auto")
+    with pytest.raises(RuntimeError):
+        with xla_options.platform_defaults():
+            raise RuntimeError("inside")
+    assert xla_options.compiler_options() == xla_options.CPU_OPTIONS  # restored after an error too
+
+    # The planner plans as an accelerator compiles: it builds its train step inside the block.
+    seen = []
+    monkeypatch.setattr(planning, "model_config_for", lambda config: seen.append(xla_options.compiler_options()) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        planning.plan_sft(None, None)
+    assert seen == [None]
