@@ -40,8 +40,12 @@ def test_image_pipeline_benchmark_reports_stages_and_the_exact_bound():
         stages = numbers["ours_stages_cpu_ms"]
         assert set(stages) == {"decode", "convert_resize", "normalise_patchify"}, kind
         assert all(ms > 0 for ms in stages.values()), (kind, stages)
-        share = (stages["decode"] + stages["convert_resize"]) / sum(stages.values())
-        assert abs(numbers["decode_resize_share"] - share) < 2e-3, kind
+        total = sum(stages.values())
+        share = (stages["decode"] + stages["convert_resize"]) / total
+        # The stage times are printed rounded to 0.001 ms (each off by up to 5e-4 ms) and the share to
+        # 0.001: for a 48 x 48 image whose stages take ~0.15 ms in all, that alone moves the share by ~0.01.
+        rounding = 5e-4 + (2 * 5e-4 + share * 3 * 5e-4) / total
+        assert abs(numbers["decode_resize_share"] - share) <= rounding + 1e-9, (kind, numbers, share, rounding)
     # fer2013 (48 x 48 -> 56 x 56) is upscaled, affectnet (480 x 480 -> 448 x 448) downscaled:
     # both are resized, so resizing a 200k-pixel image must cost more than a 3k-pixel one.
     per_kind = result["per_kind_single_process"]
