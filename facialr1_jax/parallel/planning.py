@@ -62,7 +62,6 @@ from facialr1_jax import models
 from facialr1_jax.data import batching
 from facialr1_jax.data.examples import TrainExample
 from facialr1_jax.data.images import ImageConfig
-from facialr1_jax.parallel import xla_options
 from facialr1_jax.parallel.mesh import MESH_AXES, make_mesh
 from facialr1_jax.parallel.rules import TRAINING_RULES, activation_sharding, state_shardings
 
@@ -564,8 +563,8 @@ def _batch_split_note(rows: int, mesh: Mesh, what: str) -> list[str]:
     return []
 
 
-# The planner's CPU devices stand in for accelerators: its programs get no CPU-only compiler options.
-@xla_options.platform_defaults()
+# The planner's CPU devices stand in for accelerators: its programs compile with XLA's default options
+# (compiler_options=None), not the CPU-only ones (parallel/xla_options.py) that CPU training runs get.
 def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
     """The SFT train step of `config` (an SFT config) on `mesh`."""
     from facialr1_jax.train import sft as sft_lib
@@ -581,7 +580,7 @@ def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
     batch = widen_micro_axis(one_micro, num_micro)
     training = abstract_training(config, model_config, mesh, total_steps=1000)
     train_step = step_lib.TrainStep(training.model_def, sft_lib.sft_loss, training.tx, training.schedule,
-                                    training.shardings, mesh, rules=TRAINING_RULES)
+                                    training.shardings, mesh, rules=TRAINING_RULES, compiler_options=None)
     jitted = train_step.compiled(batch)
     _, compiled, seconds = _compile(jitted, training.state,
                                     abstract_like(batch, step_lib.batch_shardings(batch, mesh)),
@@ -602,7 +601,6 @@ def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
         programs=[program], notes=_batch_split_note(micro_rows, mesh, "sft step"))
 
 
-@xla_options.platform_defaults()
 def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     """One GRPO step of `config` on `mesh`: rollout (prefill + decode), the reference (and, with
     mu > 1, old-policy) log-probs, and mu policy updates, as `train.grpo_loop.run_grpo` runs them."""
@@ -674,7 +672,7 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
         # run_grpo's own log-prob program, lowered from shapes
         batch_arg = abstract_like(policy_batch, step_lib.batch_shardings(policy_batch, mesh))
         log_prob_fn = grpo_loop.make_log_prob_fn(step_lib.forward_only(training.model_def, training.state.params),
-                                                 training.shardings.params, mesh, completion)
+                                                 training.shardings.params, mesh, completion, compiler_options=None)
         _, compiled, seconds = _compile(log_prob_fn.program(batch_arg), training.state.params, batch_arg)
         programs.append(_program_plan("policy_log_probs", compiled, seconds, executions=log_prob_passes,
                                       resident_bytes=state_bytes - params_bytes + reference_bytes,
@@ -682,7 +680,7 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
 
     # ---- the policy update (mu per step)
     train_step = step_lib.TrainStep(training.model_def, loss_fn, training.tx, training.schedule, training.shardings,
-                                    mesh, rules=TRAINING_RULES)
+                                    mesh, rules=TRAINING_RULES, compiler_options=None)
     _, compiled, seconds = _compile(train_step.compiled(update_batch), training.state,
                                  abstract_like(update_batch, step_lib.batch_shardings(update_batch, mesh)),
                                  mesh=mesh, rules=TRAINING_RULES)

@@ -1,25 +1,26 @@
-"""Compiler options for our hot jitted programs (train step, evaluation, log-probs, rollouts), per platform.
+"""Compiler options for our hot jitted training programs (train step, evaluation, GRPO log-probs, vision
+warm-up), per platform. The rollout engine compiles with XLA's defaults (these options gave its decode
+program nothing measurable).
 
 On CPU, XLA hands matrix multiplies to YNNPACK by default but compiles element-wise chains and
 reductions with its own loop emitter. In a training step's backward pass that emitter fuses, for
 example, the SiLU gradient with the transpose the weight-gradient matmul wants, and writes the
-transposed (tokens x 1408) activation gradient column by column: about a fifth of the `small` SFT
-step went to eight such copies. Letting YNNPACK take the element-wise and reduction fusions too
-removes most of that time (profile: 664 -> 212 ms of copies per step). Measure it with
-`python benchmarks/sft_step_vs_torch.py --xla_options=both` (same weights, both option sets timed
-in turn). The float32 results move by rounding only (first-step loss within 1e-6).
+transposed (tokens x 1408) activation gradient column by column, one such copy per layer. Letting
+YNNPACK take the element-wise and reduction fusions too removes most of those copies. Measure it with
+`python benchmarks/sft_step_vs_torch.py --xla_options=both` (same weights, both option sets timed in
+turn; `tuned_over_plain_xla` is the ratio, and both first-step losses are printed: the float32
+results move by rounding only).
 
 Other platforms get no options (None): GPU and TPU compilers have their own fusion strategies.
-`FACIALR1_XLA_OPTIONS=none` in the environment turns the CPU options off too, e.g. to compare;
-`platform_defaults()` does so for a block of code (the compile-only planner, whose fake CPU devices
-stand in for accelerators, plans programs as an accelerator would compile them).
+`FACIALR1_XLA_OPTIONS=none` in the environment turns the CPU options off too, e.g. to compare; a
+caller that wants XLA's defaults for one program passes `compiler_options=None` (the compile-only
+planner does: its fake CPU devices stand in for accelerators).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import jax
 
@@ -52,16 +53,3 @@ def _platform(devices) -> str:
     first = next(iter(devices), None)
     return jax.default_backend() if first is None else first.platform
 
-
-@contextlib.contextmanager
-def platform_defaults() -> Iterator[None]:
-    """Within the block, `compiler_options` gives None on every platform (XLA's own defaults)."""
-    before = os.environ.get(ENV_SWITCH)
-    os.environ[ENV_SWITCH] = "none"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV_SWITCH, None)
-        else:
-            os.environ[ENV_SWITCH] = before

@@ -34,7 +34,7 @@ from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data.examples import EncodingConfig, encode_prompt_example
 from facialr1_jax.fea.emotions import EMOTIONS
 from facialr1_jax import config_validation
-from facialr1_jax.parallel import TRAINING_RULES, files, to_host, xla_options
+from facialr1_jax.parallel import TRAINING_RULES, files, to_host
 from facialr1_jax.rewards import encode_ground_truth, make_reward_fn
 from facialr1_jax.sampling import Engine
 from facialr1_jax.train import checkpoint as checkpoint_lib
@@ -112,9 +112,12 @@ def make_grpo_loss(settings: dict, *, use_stored_old_log_probs: bool):
     return grpo_loss
 
 
-def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh, num_completion_tokens: int):
+def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh, num_completion_tokens: int, *,
+                     compiler_options: str | dict | None = "auto"):
     """jitted (params, batch) -> [num_micro, rows, T] log-probs of the completion tokens; `.program(batch)`
-    is the jitted function for that batch structure (what the planner compiles)."""
+    is the jitted function for that batch structure (what the planner compiles). compiler_options as
+    in `step.TrainStep`."""
+    options = step_lib.resolve_compiler_options(compiler_options, mesh)
 
     def per_micro(params, micro):
         model = model_def.merge(params)
@@ -130,7 +133,7 @@ def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh,
         key = step_lib._batch_signature(batch)
         if key not in compiled:
             compiled[key] = jax.jit(fn, in_shardings=(params_shardings, step_lib.batch_shardings(batch, mesh)),
-                                    compiler_options=xla_options.compiler_options(mesh))
+                                    compiler_options=options)
         return compiled[key]
 
     def call(params, batch):

@@ -86,22 +86,24 @@ def test_tuned_options_reach_the_compiler_and_change_results_by_rounding_only():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_platform_defaults_turns_the_options_off_for_a_block_and_restores_the_switch(monkeypatch):
+
+def test_the_planner_compiles_with_xla_defaults(monkeypatch):
+    """Its fake CPU devices stand in for accelerators: no CPU-only options in its programs."""
     from facialr1_jax.parallel import planning
+    from facialr1_jax.train import grpo_loop
+    from tests.scale.test_planning import _tiny_sft_config
 
-    monkeypatch.delenv(xla_options.ENV_SWITCH, raising=False)
-    with xla_options.platform_defaults():
-        assert xla_options.compiler_options() is None
-    assert xla_options.compiler_options() == xla_options.CPU_OPTIONS
-    monkeypatch.setenv(xla_options.ENV_SWITCH, "auto")
-    with pytest.raises(RuntimeError):
-        with xla_options.platform_defaults():
-            raise RuntimeError("inside")
-    assert xla_options.compiler_options() == xla_options.CPU_OPTIONS  # restored after an error too
-
-    # The planner plans as an accelerator compiles: it builds its train step inside the block.
     seen = []
-    monkeypatch.setattr(planning, "model_config_for", lambda config: seen.append(xla_options.compiler_options()) or 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        planning.plan_sft(None, None)
+
+    class RecordingStep(step_lib.TrainStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.compiler_options)
+
+    monkeypatch.setattr(step_lib, "TrainStep", RecordingStep)
+    planning.plan_sft(_tiny_sft_config(), make_mesh({"data": 1}, devices=jax.devices()[:1]))
     assert seen == [None]
+    # The GRPO log-prob program resolves its options like the train step (the planner passes None).
+    with pytest.raises(ValueError, match="'fastest'"):
+        grpo_loop.make_log_prob_fn(None, None, make_mesh({"data": 1}, devices=jax.devices()[:1]), 4,
+                                   compiler_options="fastest")
