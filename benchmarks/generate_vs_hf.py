@@ -41,6 +41,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from facialr1_jax import models  # noqa: E402
+from facialr1_jax.parallel import usable_cpus  # noqa: E402
 from facialr1_jax.sampling import Engine, PromptBatch  # noqa: E402
 
 IMAGE_GRID = (1, 16, 16)  # a 224 x 224 image: 16 x 16 patches of 14 px, 64 merged image tokens
@@ -67,11 +68,6 @@ def synthetic_prompts(config: models.Qwen2_5_VLConfig, count: int, length: int, 
         patches = rs.randn(int(np.prod(IMAGE_GRID)), config.vision_config.patch_dim).astype(np.float32)
         prompts.append((ids, patches, np.array([IMAGE_GRID])))
     return prompts
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (what XLA sizes its thread pool by; `taskset` narrows it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def best_of(repeats: int, run) -> float:
@@ -145,7 +141,7 @@ def main(argv=None) -> dict:
     tokens_generated = args.prompts * args.samples * args.new_tokens
     results: dict = {"preset": args.preset, "prompts": args.prompts, "samples": args.samples,
                      "new_tokens": args.new_tokens, "prompt_length": args.prompt_length,
-                     "device": jax.devices()[0].device_kind, "cpus": _usable_cpus()}
+                     "device": jax.devices()[0].device_kind, "cpus": usable_cpus()}
 
     with tempfile.TemporaryDirectory() as directory:
         if args.skip_reference:
@@ -153,7 +149,7 @@ def main(argv=None) -> dict:
         else:
             import torch
 
-            torch.set_num_threads(_usable_cpus())
+            torch.set_num_threads(usable_cpus())
             results["torch_threads"] = torch.get_num_threads()
             from transformers import Qwen2_5_VLConfig as HFConfig
             from transformers import Qwen2_5_VLForConditionalGeneration

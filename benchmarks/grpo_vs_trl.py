@@ -42,13 +42,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from facialr1_jax.parallel import usable_cpus  # noqa: E402
+
 EMOTION_LABELS = ("happiness", "sadness", "anger", "surprise")
 PROMPT_TEXT = "Describe the facial action units you see, then name the emotion."
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (what XLA sizes its thread pool by; `taskset` narrows it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def benchmark_config(tokenizer):
@@ -270,7 +267,7 @@ def main(argv=None) -> dict:
     from facialr1_jax.models.hf_io import save_pretrained
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    torch.set_num_threads(_usable_cpus())
+    torch.set_num_threads(usable_cpus())
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer()
     config = benchmark_config(tokenizer)
@@ -278,7 +275,7 @@ def main(argv=None) -> dict:
     labels = [EMOTION_LABELS[i % len(EMOTION_LABELS)] for i in range(args.prompts)]
     results: dict = {"preset": "small", "prompts": args.prompts, "samples": args.samples,
                      "new_tokens": args.new_tokens, "beta": args.beta, "image_size": args.image_size,
-                     "cpus": _usable_cpus(), "torch_threads": torch.get_num_threads(),
+                     "cpus": usable_cpus(), "torch_threads": torch.get_num_threads(),
                      "device": jax.devices()[0].device_kind}
 
     with tempfile.TemporaryDirectory() as folder:

@@ -116,12 +116,11 @@ def decode_resize_only(path: str, *, min_pixels: int, max_pixels: int):
 
     from facialr1_jax.data import images
 
+    config = images.ImageConfig(min_pixels=min_pixels, max_pixels=max_pixels)
     decoded = images.open_image(path)
-    height, width = images.smart_resize(decoded.height, decoded.width, min_pixels=min_pixels,
-                                        max_pixels=max_pixels)
-    images.resize_for_model(decoded, height, width)
-    grid = np.array([1, height // 14, width // 14], np.int64)
-    return np.empty((grid[1] * grid[2], 3 * 2 * 14 * 14), np.float32), grid
+    images.resize_for_model(decoded, *config.resized_size(decoded.height, decoded.width))
+    grid = np.array(config.grid_thw(decoded.height, decoded.width), np.int64)
+    return np.empty((grid[1] * grid[2], config.patch_dim), np.float32), grid
 
 
 def ours_stages_ms(paths, *, min_pixels: int, max_pixels: int, repeats: int) -> dict[str, float]:
@@ -131,6 +130,7 @@ def ours_stages_ms(paths, *, min_pixels: int, max_pixels: int, repeats: int) -> 
 
     from facialr1_jax.data import images
 
+    config = images.ImageConfig(min_pixels=min_pixels, max_pixels=max_pixels)
     best = {"decode": float("inf"), "convert_resize": float("inf"),
             "normalise_patchify": float("inf")}
     for _ in range(repeats):
@@ -139,9 +139,7 @@ def ours_stages_ms(paths, *, min_pixels: int, max_pixels: int, repeats: int) -> 
             start = time.thread_time()
             decoded = images.open_image(path)
             decoded_at = time.thread_time()
-            height, width = images.smart_resize(decoded.height, decoded.width,
-                                                min_pixels=min_pixels, max_pixels=max_pixels)
-            resized = images.resize_for_model(decoded, height, width)
+            resized = images.resize_for_model(decoded, *config.resized_size(decoded.height, decoded.width))
             resized_at = time.thread_time()
             images.normalise_and_patchify(np.asarray(resized))
             spent["decode"] += decoded_at - start

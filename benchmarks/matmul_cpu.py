@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
 
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from facialr1_jax.parallel import usable_cpus  # noqa: E402
 
 
 def best_seconds(call, repeats: int) -> float:
@@ -45,7 +48,7 @@ def main(argv=None) -> dict:
     import numpy as np
     import torch
 
-    threads = _usable_cpus()
+    threads = usable_cpus()
     torch.set_num_threads(threads)
     m, k, n = args.m, args.k, args.n
     gflop = 2.0 * m * k * n / 1e9

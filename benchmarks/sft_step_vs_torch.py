@@ -40,7 +40,7 @@ from flax import nnx  # noqa: E402
 from facialr1_jax import models  # noqa: E402
 from facialr1_jax.data import batching  # noqa: E402
 from facialr1_jax.data.examples import TrainExample  # noqa: E402
-from facialr1_jax.parallel import TRAINING_RULES, make_mesh, shard_model  # noqa: E402
+from facialr1_jax.parallel import TRAINING_RULES, make_mesh, shard_model, usable_cpus  # noqa: E402
 from facialr1_jax.train import optim, sft  # noqa: E402
 from facialr1_jax.train import state as state_lib  # noqa: E402
 from facialr1_jax.train import step as step_lib  # noqa: E402
@@ -142,7 +142,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side (after warm-up)")
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=usable_cpus(),
+                        help="torch intra-op threads (default: the CPUs this process may use, as XLA)")
     parser.add_argument("--xla_options", choices=("auto", "both"), default="auto",
                         help="auto: our step with its tuned compiler options (facialr1_jax/parallel/xla_options.py); "
                              "both: also time it with XLA's default options (reported as plain_xla_*)")

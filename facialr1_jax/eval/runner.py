@@ -33,12 +33,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from facialr1_jax.models import bound_frame_patches
 from facialr1_jax.eval import plan as plan_lib
 from facialr1_jax.eval import report as report_lib
 from facialr1_jax.eval.metrics import BenchmarkMetrics, ExampleScore, score_benchmark
 from facialr1_jax.fea.profiles import DatasetProfile, get_profile
 from facialr1_jax.fea.records import FEARecord
+from facialr1_jax.models import bound_frame_patches
 
 _log = logging.getLogger(__name__)
 

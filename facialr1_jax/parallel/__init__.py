@@ -13,6 +13,7 @@ from facialr1_jax.parallel.distributed import (
     initialize_if_multihost,
     process_info,
     to_host,
+    usable_cpus,
 )
 from facialr1_jax.parallel.mesh import MESH_AXES, make_mesh
 from facialr1_jax.parallel.rules import (
@@ -45,6 +46,7 @@ __all__ = [
     "shard_model",
     "state_shardings",
     "to_host",
+    "usable_cpus",
     "variable_logical_axes",
     "variable_sharding",
 ]

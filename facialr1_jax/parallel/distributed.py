@@ -151,6 +151,12 @@ def initialize_if_multihost(coordinator_address: str | None = None, num_processe
     return info
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (`taskset` narrows it); what XLA:CPU sizes its thread pool by, so a
+    PyTorch peer in a benchmark gets as many threads."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def process_info() -> ProcessInfo:
     return ProcessInfo(process_index=jax.process_index(), process_count=jax.process_count(),
                        local_device_count=jax.local_device_count(), global_device_count=jax.device_count())

@@ -40,9 +40,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from facialr1_jax.models import bound_frame_patches
 from facialr1_jax.config_validation import ConfigError
 from facialr1_jax.fea.records import FEARecord, read_jsonl
+from facialr1_jax.models import bound_frame_patches
 from facialr1_jax.synth import checks as checks_lib
 from facialr1_jax.synth import stats as stats_lib
 from facialr1_jax.synth.attempts import Acceptance, Attempt, RecordJob
