@@ -19,7 +19,9 @@ head_dim), as the prefill wrote them, and only the completion's keys/values are 
 cache; its attention (`shared_prompt_attention`) scores the G samples' queries of a prompt together
 against the prompt part (a (G * query groups) x head_dim by head_dim x P matmul per prompt and kv head,
 instead of G matrix-vector products over G identical copies), scores each row against its own
-completion part, and takes one softmax over both. The uncached training forward does not use it.
+completion part, and takes one softmax over both. GRPO's training passes use the same idea without a
+cache (`LanguageModel.shared_prompt_forward`): a group's prompt goes through every layer once, and its
+G completions attend its keys/values (`shared_prompt_block_attention`).
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_val
 
     query: (R, KV, Q, D) head-major, R = B * G rows ordered [prompt0 x G, ...], Q query heads per kv head;
     prompt_keys, prompt_values: (B, KV, P, D); prompt_mask: (B, P) bool, the prompt's real tokens;
-    completion_keys, completion_values: (R, KV, T, D); completion_mask: (R, T) bool, slots written so far.
+    completion_keys, completion_values: (R, KV, T, D); completion_mask: (R, T) bool, slots written so far,
+    or (R, Q, T) for a mask per query (`shared_prompt_block_attention` passes causal masks this way).
     Returns (R, KV, Q, D): softmax over the concatenated [prompt, completion] keys, exactly what
     `grouped_attention` gives over a cache holding the prompt repeated G times followed by the completion.
 
@@ -149,8 +152,10 @@ def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_val
     if completion_keys.shape[:2] != (rows, kv_heads) or completion_values.shape != completion_keys.shape:
         raise ValueError(f"completion keys/values must be ({rows}, {kv_heads}, T, {dim}), got "
                          f"{completion_keys.shape} / {completion_values.shape}")
-    if completion_mask.shape != (rows, completion_keys.shape[2]):
-        raise ValueError(f"completion_mask must be {(rows, completion_keys.shape[2])}, got {completion_mask.shape}")
+    slots = completion_keys.shape[2]
+    if completion_mask.shape not in ((rows, slots), (rows, per_kv, slots)):
+        raise ValueError(f"completion_mask must be {(rows, slots)} or {(rows, per_kv, slots)}, "
+                         f"got {completion_mask.shape}")
     samples = rows // prompts
     lowest = jnp.finfo(jnp.float32).min
     scale = 1.0 / math.sqrt(dim)
@@ -170,7 +175,8 @@ def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_val
     prompt_scores = jnp.where(prompt_mask[:, None, None, :], prompt_scores, lowest)
     completion_scores = jnp.einsum("rkqd,rktd->rkqt", query, completion_keys,
                                    preferred_element_type=jnp.float32) * scale
-    completion_scores = jnp.where(completion_mask[:, None, None, :], completion_scores, lowest)
+    per_query_mask = completion_mask[:, None] if completion_mask.ndim == 3 else completion_mask[:, None, None, :]
+    completion_scores = jnp.where(per_query_mask, completion_scores, lowest)
 
     top = jnp.maximum(to_rows(prompt_scores.max(axis=-1)), completion_scores.max(axis=-1))  # (R, KV, Q)
     prompt_weights = jnp.exp(prompt_scores - to_shared(top)[..., None])
@@ -198,6 +204,32 @@ def mrope_cos_sin(position_ids: jax.Array, config: TextConfig) -> tuple[jax.Arra
     return jnp.cos(angles), jnp.sin(angles)
 
 
+def shared_prompt_block_attention(query: jax.Array, prompt_keys: jax.Array, prompt_values: jax.Array,
+                                  prompt_mask: jax.Array, completion_keys: jax.Array, completion_values: jax.Array,
+                                  completion_mask: jax.Array) -> jax.Array:
+    """Causal attention of a whole completion per row over a prompt shared by G rows: the training
+    forward's form of `shared_prompt_attention` (GRPO's update and reference passes).
+
+    query: (R, KV, Q, L, D) head-major for the L completion tokens of each of R = B * G rows;
+    prompt_keys, prompt_values: (B, KV, P, D); prompt_mask: (B, P) bool, the prompt's real tokens;
+    completion_keys, completion_values: (R, KV, L, D), the same L tokens' keys/values; completion_mask:
+    (R, L) bool, real completion tokens. Token i of a row attends its prompt's real tokens and the row's
+    real tokens j <= i. Returns (R, KV, Q, L, D), what `grouped_attention` gives on the concatenation
+    [prompt, completion] with the prompt repeated G times, without ever repeating it.
+    """
+    rows, kv_heads, per_kv, length, dim = query.shape
+    if completion_mask.shape != (rows, length):
+        raise ValueError(f"completion_mask must be {(rows, length)}, got {completion_mask.shape}")
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    visible = causal[None, :, :] & completion_mask.astype(bool)[:, None, :]  # (R, L, L)
+    # The Q query heads x L tokens of a row become Q * L queries of `shared_prompt_attention`, each with
+    # its own row of the causal mask.
+    per_query = jnp.broadcast_to(visible[:, None], (rows, per_kv, length, length)).reshape(rows, per_kv * length, length)
+    out = shared_prompt_attention(query.reshape(rows, kv_heads, per_kv * length, dim), prompt_keys, prompt_values,
+                                  prompt_mask, completion_keys, completion_values, per_query)
+    return out.reshape(rows, kv_heads, per_kv, length, dim)
+
+
 class DecoderAttention(nnx.Module):
     def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, heads, kv, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -216,13 +248,21 @@ class DecoderAttention(nnx.Module):
         value = constrain(self.v_proj(x), ("batch", "length", "act_kv_heads", None))
         return query, key, value
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+    def _project_head_major(self, x, cos, sin):
+        """Queries (B, KV, G, L, D), keys and values (B, KV, L, D): head-major (see the module docstring),
+        only these L tokens are transposed, never a cache."""
         batch, length = x.shape[:2]
         query, key, value = self._project(x, cos, sin)
-        # Head-major (see the module docstring): only these L tokens are transposed, never the cache.
         query = query.reshape(batch, length, self.num_key_value_heads, self.num_query_groups, -1)
-        query = query.transpose(0, 2, 3, 1, 4)  # (B, KV, G, L, D)
-        key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)  # (B, KV, L, D)
+        return query.transpose(0, 2, 3, 1, 4), key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
+
+    def _output(self, out):
+        """o_proj of head-major attention output (B, KV, G, L, D)."""
+        out = out.transpose(0, 3, 1, 2, 4)  # (B, L, KV, G, D)
+        return self.o_proj(out.reshape(out.shape[0], out.shape[1], -1, out.shape[-1]))
+
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+        query, key, value = self._project_head_major(x, cos, sin)
         new_cache = None
         if layer_cache is not None:
             cached_keys, cached_values = layer_cache
@@ -232,8 +272,20 @@ class DecoderAttention(nnx.Module):
             key, value = constrain(key, CACHE_AXES), constrain(value, CACHE_AXES)
             new_cache = (key, value)
             key, value = key.astype(query.dtype), value.astype(query.dtype)
-        out = grouped_attention(query, key, value, mask).transpose(0, 3, 1, 2, 4)  # (B, L, KV, G, D)
-        return self.o_proj(out.reshape(batch, length, -1, out.shape[-1])), new_cache
+        return self._output(grouped_attention(query, key, value, mask)), new_cache
+
+    def shared_prompt_forward(self, prompt_x, completion_x, prompt_rope, completion_rope, prompt_causal_mask,
+                              prompt_mask, completion_mask):
+        """Attention for B prompts (prompt_x (B, P, hidden)) and their G completions each (completion_x
+        (R, L, hidden), R = B * G rows ordered [prompt0 x G, ...]) without repeating the prompts: the
+        prompts attend causally among themselves (prompt_causal_mask (B, P, P)), the completions through
+        `shared_prompt_block_attention`. *_rope: (cos, sin) pairs. Returns both outputs."""
+        prompt_query, prompt_keys, prompt_values = self._project_head_major(prompt_x, *prompt_rope)
+        query, keys, values = self._project_head_major(completion_x, *completion_rope)
+        prompt_out = grouped_attention(prompt_query, prompt_keys, prompt_values, prompt_causal_mask)
+        completion_out = shared_prompt_block_attention(query, prompt_keys, prompt_values, prompt_mask, keys, values,
+                                                       completion_mask)
+        return self._output(prompt_out), self._output(completion_out)
 
     def decode_step(self, x, cos, sin, layer_cache, prompt_mask, completion_mask, completion_index):
         """One new token per row (x: (R, 1, hidden)) through a `SharedPromptCache` layer: its keys/values
@@ -279,6 +331,14 @@ class DecoderLayer(nnx.Module):
         attended, new_cache = self.self_attn.decode_step(self.input_layernorm(x), cos, sin, layer_cache, prompt_mask,
                                                          completion_mask, completion_index)
         return self._feed_forward(x + attended), new_cache
+
+    def shared_prompt_forward(self, prompt_x, completion_x, prompt_rope, completion_rope, prompt_causal_mask,
+                              prompt_mask, completion_mask):
+        """`__call__` for prompts and their completions (see `DecoderAttention.shared_prompt_forward`)."""
+        prompt_attended, completion_attended = self.self_attn.shared_prompt_forward(
+            self.input_layernorm(prompt_x), self.input_layernorm(completion_x), prompt_rope, completion_rope,
+            prompt_causal_mask, prompt_mask, completion_mask)
+        return self._feed_forward(prompt_x + prompt_attended), self._feed_forward(completion_x + completion_attended)
 
     def _feed_forward(self, x):
         """The layer's second residual half: x + MLP(norm(x))."""
@@ -377,3 +437,39 @@ class LanguageModel(nnx.Module):
             new_keys.append(keys)
             new_values.append(values)
         return self.norm(x), cache.replace(completion_keys=tuple(new_keys), completion_values=tuple(new_values))
+
+    def shared_prompt_forward(self, prompt_embeds, prompt_positions, prompt_mask, completion_embeds,
+                              completion_positions, completion_mask) -> tuple[jax.Array, jax.Array]:
+        """The uncached forward of R = B * G sequences that share B prompts, the prompts computed once.
+
+        prompt_embeds (B, P, hidden), prompt_positions (3, B, P), prompt_mask (B, P) bool (left padding
+        allowed); completion_embeds (R, L, hidden) and completion_positions (3, R, L) of the tokens that
+        follow, rows ordered [prompt0 x G, prompt1 x G, ...]; completion_mask (R, L) bool, real tokens.
+        Returns the final hidden states (prompts (B, P, hidden), completions (R, L, hidden)): the values
+        `__call__` gives on the R concatenated sequences (prompt repeated, then completion), where every
+        prompt position is the same for the G rows of a group (causal attention never looks ahead). In
+        the backward pass the G rows' gradients reach the one prompt copy and add up there, as they
+        would over G copies; the prompt's MLP, projections and attention cost once per group, not G times.
+        """
+        prompts, prompt_length = prompt_embeds.shape[:2]
+        rows, length = completion_embeds.shape[:2]
+        if rows % prompts:
+            raise ValueError(f"{rows} completion rows do not split into equal groups for {prompts} prompts")
+        for name, value, shape in (("prompt_positions", prompt_positions, (3, prompts, prompt_length)),
+                                   ("prompt_mask", prompt_mask, (prompts, prompt_length)),
+                                   ("completion_positions", completion_positions, (3, rows, length)),
+                                   ("completion_mask", completion_mask, (rows, length))):
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+        prompt_mask = prompt_mask.astype(bool)
+        causal = jnp.tril(jnp.ones((prompt_length, prompt_length), dtype=bool))
+        prompt_causal_mask = causal[None] & prompt_mask[:, None, :]
+        prompt_rope = mrope_cos_sin(prompt_positions, self.config)
+        completion_rope = mrope_cos_sin(completion_positions, self.config)
+        prompt_x = constrain(prompt_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
+        completion_x = constrain(completion_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
+        call = nnx.remat(DecoderLayer.shared_prompt_forward) if self.remat else DecoderLayer.shared_prompt_forward
+        for layer in self.layers:
+            prompt_x, completion_x = call(layer, prompt_x, completion_x, prompt_rope, completion_rope,
+                                          prompt_causal_mask, prompt_mask, completion_mask.astype(bool))
+        return self.norm(prompt_x), self.norm(completion_x)
