@@ -15,6 +15,10 @@ and under "vision", packed over all images of the micro-batch in processor order
     pixel_values   f32   [P, patch_dim]   patches padded to a bucket P
     patch_order, window_segment_ids, image_segment_ids [P], rotary_positions [P, 2],
     merged_restore [P / merge_unit]       the host-computed `VisionPlan` of those images
+    feature_offsets int32 [B]   optional: the merged feature row where each example's first image
+                                placeholder reads (`Qwen2_5_VLModel.embed`), so examples can share one
+                                packed image (GRPO packs each prompt's image once for its G samples);
+                                absent = placeholders read the packed images in row-major order
 Position ids travel example-major ([B, 3, L]) so that every per-example leaf splits on axis 0 over
 the batch mesh axes; they are transposed to the model's (3, B, L) here.
 """
@@ -29,6 +33,7 @@ import jax.numpy as jnp
 from facialr1_jax.models import VisionPlan
 
 PLAN_FIELDS = tuple(field.name for field in dataclasses.fields(VisionPlan))
+FEATURE_OFFSETS = "feature_offsets"  # per-example, under "vision" but not part of the VisionPlan
 
 
 def vision_inputs(micro_batch: dict) -> tuple[jax.Array | None, VisionPlan | None]:
@@ -43,6 +48,7 @@ def vision_inputs(micro_batch: dict) -> tuple[jax.Array | None, VisionPlan | Non
 def hidden_states(model, micro_batch: dict) -> jax.Array:
     """Final decoder hidden states [B, L, hidden] for a micro-batch."""
     pixel_values, plan = vision_inputs(micro_batch)
+    feature_offsets = (micro_batch.get("vision") or {}).get(FEATURE_OFFSETS)
     position_ids = jnp.moveaxis(micro_batch["position_ids"], 1, 0)
     hidden, _ = model.forward(
         micro_batch["input_ids"],
@@ -51,6 +57,7 @@ def hidden_states(model, micro_batch: dict) -> jax.Array:
         pixel_values=pixel_values,
         plan=plan,
         return_hidden=True,
+        feature_offsets=feature_offsets,
     )
     return hidden
 

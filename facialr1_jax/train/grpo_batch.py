@@ -10,7 +10,9 @@ The rollout engine returns, for P prompts and G samples each, R = P * G completi
 
 plus the per-row/per-token GRPO inputs (advantages, completion mask, old and reference
 log-probs). The layout is `facialr1_jax.train.forward`'s micro-batched layout, so the shared
-TrainStep accumulates GRPO micro-batches exactly like SFT ones.
+TrainStep accumulates GRPO micro-batches exactly like SFT ones. The G rows of a prompt share its
+image: each micro-batch packs every prompt it touches once and `vision["feature_offsets"]` points
+the rows at their prompt's image features, so the vision tower runs once per prompt, not per sample.
 """
 
 from __future__ import annotations
@@ -113,7 +115,9 @@ def training_batch(
     """The micro-batched GRPO batch for R = P * G rows (see the module docstring).
 
     prompts: `data.batching.collate_prompts` output for the P prompts (exactly P rows, no filler).
-    prompt_pixel_values / prompt_grids: each prompt's patches and grids (repeated for its G rows).
+    prompt_pixel_values / prompt_grids: each prompt's patches and grids; under "vision", each
+        micro-batch packs each of its prompts' images once and `feature_offsets` points its G rows at
+        them (see `shared_prompt_vision`).
     advantages: [R] (one scalar per completion) or [R, T] (per token, e.g. the think-only AU term).
     """
     num_rows, completion_length = tokens.shape
@@ -152,14 +156,43 @@ def training_batch(
     batch = {name: value.reshape(num_micro_batches, per_micro, *value.shape[1:]) for name, value in per_row.items()}
 
     if len(prompt_pixel_values) and sum(int(p.shape[0]) for p in prompt_pixel_values):
-        merge_unit = model_config.vision_config.merge_unit
-        parts = []
-        for micro in range(num_micro_batches):
-            rows = prompt_of_row[micro * per_micro : (micro + 1) * per_micro]
-            pixels = [prompt_pixel_values[p] for p in rows]
-            grids = [prompt_grids[p] for p in rows]
-            parts.append((pixels, grids, sum(int(x.shape[0]) for x in pixels)))
-        pad_to = batching.patch_bucket(max(total for _, _, total in parts), merge_unit)
-        packed = [batching.pack_vision(pixels, grids, model_config, pad_to) for pixels, grids, _ in parts]
-        batch["vision"] = {name: np.stack([part[name] for part in packed]) for name in packed[0]}
+        batch["vision"] = shared_prompt_vision(prompt_pixel_values, prompt_grids,
+                                               prompt_of_row.reshape(num_micro_batches, per_micro), model_config)
     return batch
+
+
+def shared_prompt_vision(
+    prompt_pixel_values: Sequence[np.ndarray],
+    prompt_grids: Sequence[np.ndarray],
+    prompt_of_row: np.ndarray,
+    model_config: Any,
+) -> dict:
+    """The "vision" leaves of a micro-batched batch whose rows share their prompts' images.
+
+    prompt_of_row: [num_micro, per_micro], the prompt each row belongs to. Each micro-batch packs the
+    images of its DISTINCT prompts once, in order of first appearance, so the vision tower encodes a
+    prompt's image once for all of its samples in that micro-batch (instead of once per sample), and
+    `feature_offsets` [num_micro, per_micro] (int32) points every row at its prompt's merged feature
+    rows within its micro-batch's packed features (merged rows = patches / merge_unit). A micro-batch
+    that holds only part of a group, or parts of several groups, packs each prompt it touches.
+    All micro-batches pad to one patch bucket so that they stack.
+    """
+    merge_unit = model_config.vision_config.merge_unit
+    for index, pixels in enumerate(prompt_pixel_values):
+        if pixels.shape[0] % merge_unit:
+            raise ValueError(f"prompt {index}'s image has {pixels.shape[0]} patches, not a multiple of the "
+                             f"merge unit {merge_unit}")
+    parts, offsets = [], np.zeros(prompt_of_row.shape, np.int32)
+    for micro, rows in enumerate(prompt_of_row):
+        distinct = list(dict.fromkeys(int(p) for p in rows))
+        patch_counts = [int(prompt_pixel_values[p].shape[0]) for p in distinct]
+        first_feature = np.concatenate([[0], np.cumsum(patch_counts)[:-1]]) // merge_unit
+        offset_of_prompt = dict(zip(distinct, first_feature))
+        offsets[micro] = [offset_of_prompt[int(p)] for p in rows]
+        parts.append(([prompt_pixel_values[p] for p in distinct], [prompt_grids[p] for p in distinct],
+                      sum(patch_counts)))
+    pad_to = batching.patch_bucket(max(total for _, _, total in parts), merge_unit)
+    packed = [batching.pack_vision(pixels, grids, model_config, pad_to) for pixels, grids, _ in parts]
+    vision = {name: np.stack([part[name] for part in packed]) for name in packed[0]}
+    vision["feature_offsets"] = offsets  # the key `train.forward.hidden_states` reads
+    return vision

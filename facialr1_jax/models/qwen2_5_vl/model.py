@@ -47,17 +47,29 @@ class Qwen2_5_VL(nnx.Module):
         """Merged image features (num_patches / merge_unit, hidden) in processor order, padding last."""
         return self.visual(pixel_values, plan)
 
-    def embed(self, input_ids: jax.Array, image_features: jax.Array | None = None) -> jax.Array:
-        """Token embeddings with the image placeholder tokens replaced, in order, by `image_features` rows.
+    def embed(self, input_ids: jax.Array, image_features: jax.Array | None = None,
+              feature_offsets: jax.Array | None = None) -> jax.Array:
+        """Token embeddings with the image placeholder tokens replaced by `image_features` rows.
 
-        Placeholders are filled in row-major order over the whole batch (the processor's image order); the
-        caller guarantees as many real feature rows as placeholders (extra padded rows are never read).
+        Without `feature_offsets`, placeholders are filled in row-major order over the whole batch (the
+        processor's image order: one packed image per placeholder run). With `feature_offsets` (int [B]),
+        row b's k-th placeholder reads feature row `feature_offsets[b] + k`, so rows may share one packed
+        image (GRPO's samples of one prompt) or read images in any order. Either way the caller guarantees
+        that every placeholder reads a real feature row (extra padded rows are never read); indices are
+        clipped to the feature range so that a bad offset cannot read out of bounds.
         """
         embeds = self.language_model.embed_ids(input_ids)
         if image_features is None:
             return embeds
         is_image = input_ids == self.config.image_token_id
-        feature_row = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+        if feature_offsets is None:
+            feature_row = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+        else:
+            offsets = jnp.asarray(feature_offsets, jnp.int32)
+            if offsets.shape != is_image.shape[:1]:
+                raise ValueError(f"feature_offsets has shape {offsets.shape}; expected one offset per row "
+                                 f"{is_image.shape[:1]} of input_ids {is_image.shape}")
+            feature_row = offsets[:, None] + jnp.cumsum(is_image, axis=1, dtype=jnp.int32) - 1
         feature_row = jnp.clip(feature_row, 0, image_features.shape[0] - 1)
         features = jnp.take(image_features.astype(embeds.dtype), feature_row, axis=0)
         return jnp.where(is_image[..., None], features, embeds)
@@ -78,15 +90,21 @@ class Qwen2_5_VL(nnx.Module):
 
     def forward(self, input_ids: jax.Array, position_ids: jax.Array, attention_mask: jax.Array | None = None,
                 pixel_values: jax.Array | None = None, plan: VisionPlan | None = None, cache: KVCache | None = None,
-                cache_index: jax.Array | int | None = None, return_hidden: bool = False
-                ) -> tuple[jax.Array, KVCache | None]:
-        """encode_images + embed + forward_embeds in one call; every argument is an array (jit this)."""
+                cache_index: jax.Array | int | None = None, return_hidden: bool = False,
+                feature_offsets: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """encode_images + embed + forward_embeds in one call; every argument is an array (jit this).
+
+        feature_offsets (int [B], optional): the first merged image-feature row each row's placeholders
+        read (see `embed`); None fills placeholders in row-major order over the batch.
+        """
         features = None
         if pixel_values is not None:
             if plan is None:
                 raise ValueError("pixel_values given without a vision plan (see vision_plan)")
             features = self.encode_images(pixel_values, plan)
-        embeds = self.embed(input_ids, features)
+        elif feature_offsets is not None:
+            raise ValueError("feature_offsets given without pixel_values: there are no image features to read")
+        embeds = self.embed(input_ids, features, feature_offsets)
         return self.forward_embeds(embeds, position_ids, attention_mask, cache, cache_index, return_hidden)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
