@@ -1,7 +1,7 @@
 """GRPO step time: our jitted step against `trl`'s GRPOTrainer (PyTorch CPU) on the same weights.
 
     python benchmarks/grpo_vs_trl.py [--prompts 2] [--samples 8] [--new_tokens 64] [--beta 0.04]
-                                     [--steps 3] [--warmup 1] [--image_size 224] [--quick] [--text_only]
+                                     [--steps 3] [--warmup 1] [--image_size 224] [--quick] [--text_only] [--full_layout]
 
 Setting (one GRPO step = rollout + rewards + advantages + reference log-probs + one update, mu = 1):
 `--prompts` prompts, each a chat turn with one `--image_size` px image, G = `--samples` completions
@@ -102,7 +102,7 @@ class OurGRPOStep:
     """One on-policy GRPO step of `train.grpo_loop`, built from its parts on fixed prompts."""
 
     def __init__(self, model, tokenizer, prompts, labels, *, samples: int, new_tokens: int, beta: float,
-                 learning_rate: float, seed: int):
+                 learning_rate: float, seed: int, share_prompts: bool = True):
         import optax
 
         from facialr1_jax.data import batching
@@ -137,6 +137,7 @@ class OurGRPOStep:
         self.au_truth = jnp.repeat(jnp.asarray(encode_ground_truth([("AU6", "AU12")] * len(labels))), samples, axis=0)
         self.step_lib = step_lib
         self.calls = 0
+        self.share_prompts = share_prompts
 
     def __call__(self) -> dict:
         from facialr1_jax.train import grpo
@@ -155,7 +156,7 @@ class OurGRPOStep:
         batch = training_batch(self.collated, [p.pixel_values for p in self.prompts],
                                [p.image_grid_thw for p in self.prompts], tokens, mask, advantages,
                                num_generations=self.samples, num_micro_batches=1, model_config=self.config,
-                               pad_id=self.pad)
+                               pad_id=self.pad, share_prompts=self.share_prompts)
         device_batch = self.step_lib.put_batch(batch, self.step_lib.batch_shardings(batch, self.mesh))
         if self.reference_params is not None:
             device_batch["ref_log_probs"] = self.log_prob_fn(self.reference_params, device_batch)
@@ -252,6 +253,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text_only", action="store_true", help="prompts without images on both sides")
+    parser.add_argument("--full_layout", action="store_true",
+                        help="also time our step with one full sequence per completion (grpo.share_prompts=False), "
+                             "reported as full_layout_*")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 prompt, G = 4, 8 tokens, 112 px, 1 timed step")
     args = parser.parse_args(argv)
@@ -310,6 +314,15 @@ def main(argv=None) -> dict:
         step = OurGRPOStep(model, tokenizer, prompts, labels, samples=args.samples, new_tokens=args.new_tokens,
                            beta=args.beta, learning_rate=args.learning_rate, seed=args.seed)
         our_times, first = time_ours(step, args.warmup, args.steps)
+        if args.full_layout:
+            full_step = OurGRPOStep(model, tokenizer, prompts, labels, samples=args.samples,
+                                    new_tokens=args.new_tokens, beta=args.beta, learning_rate=args.learning_rate,
+                                    seed=args.seed, share_prompts=False)
+            full_times, _ = time_ours(full_step, args.warmup, args.steps)
+            full_s = statistics.median(full_times)
+            results.update(full_layout_step_s=round(full_s, 3),
+                           full_layout_speedup_vs_trl=round(statistics.median(trl_times) / full_s, 2),
+                           shared_over_full_layout=round(full_s / statistics.median(our_times), 2))
 
     ours_s, trl_s = statistics.median(our_times), statistics.median(trl_times)
     results.update(vision=with_image, ours_step_s=round(ours_s, 3), ours_first_steps_s=round(first, 2),

@@ -25,6 +25,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.grpo.prompts_per_step = 8  # Prompts (groups) per rollout batch.
     c.grpo.num_generations = 8  # G: completions sampled per prompt.
     c.grpo.micro_batch_size = 0  # Completions per forward/backward in the update; 0 = all at once.
+    # Micro-batches of whole groups compute each prompt (and its image) once for its G completions in
+    # the update and reference passes (same log-probs and gradients); False: one full sequence per row.
+    c.grpo.share_prompts = True
     c.grpo.max_new_tokens = 128  # Completion length cap.
     c.grpo.temperature = 1.0  # Sampling temperature of the rollouts.
     c.grpo.top_k = 0  # Top-k filter for rollouts (0 = off).

@@ -342,8 +342,8 @@ def synthetic_sft_batch(config: models.Qwen2_5_VLConfig, shape: ExampleShape, *,
 
 def synthetic_grpo_batch(config: models.Qwen2_5_VLConfig, shape: ExampleShape, *, num_prompts: int,
                          num_generations: int, completion_tokens: int, num_micro_batches: int,
-                         with_old_log_probs: bool, with_ref_log_probs: bool, pad_id: int = 0, seed: int = 0
-                         ) -> tuple[dict, dict]:
+                         with_old_log_probs: bool, with_ref_log_probs: bool, pad_id: int = 0, seed: int = 0,
+                         share_prompts: bool = True) -> tuple[dict, dict]:
     """(collated prompts, GRPO training batch) for `num_prompts` x `num_generations` random completions,
     built by `collate_prompts` and `train.grpo_batch.training_batch` (the rollout's path to the step)."""
     from facialr1_jax.train.grpo_batch import training_batch
@@ -361,7 +361,8 @@ def synthetic_grpo_batch(config: models.Qwen2_5_VLConfig, shape: ExampleShape, *
                            tokens, mask, advantages, num_generations=num_generations,
                            num_micro_batches=num_micro_batches, model_config=config, pad_id=pad_id,
                            old_log_probs=log_probs() if with_old_log_probs else None,
-                           ref_log_probs=log_probs() if with_ref_log_probs else None)
+                           ref_log_probs=log_probs() if with_ref_log_probs else None,
+                           share_prompts=share_prompts)
     return collated, batch
 
 
@@ -627,7 +628,7 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     collated, built = synthetic_grpo_batch(model_config, shape, num_prompts=built_prompts,
                                            num_generations=num_generations, completion_tokens=completion,
                                            num_micro_batches=built_micro, with_old_log_probs=False,
-                                           with_ref_log_probs=False)
+                                           with_ref_log_probs=False, share_prompts=bool(g.share_prompts))
     policy_batch = widen_micro_axis(jax.tree.map(lambda x: x[:1], built), num_micro)
     log_prob_shape = jax.ShapeDtypeStruct(policy_batch["completion_mask"].shape, jnp.float32)
     update_batch = dict(policy_batch)
@@ -692,7 +693,8 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
         shapes={"prompts_per_step": prompts, "num_generations": num_generations, "completion_rows": rows,
                 "micro_batches": num_micro, "micro_batch_rows": micro_rows, "mu": mu, "beta": beta,
                 "prompt_length": int(collated["input_ids"].shape[1]), "max_new_tokens": completion,
-                "sequence_length": int(policy_batch["input_ids"].shape[-1]), "image_grid": list(shape.image_grid),
+                "sequence_length": int(collated["input_ids"].shape[1]) + completion,
+                "shared_prompt_layout": "prompt_ids" in policy_batch, "image_grid": list(shape.image_grid),
                 "image_patches_per_micro_batch": int(policy_batch["vision"]["pixel_values"].shape[1]),
                 "dtype": config.model.dtype, "param_dtype": config.model.param_dtype, "remat": bool(config.model.remat),
                 "kv_cache_dtype": engine.cache_dtype.name},

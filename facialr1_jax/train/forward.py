@@ -19,6 +19,11 @@ and under "vision", packed over all images of the micro-batch in processor order
                                 placeholder reads (`Qwen2_5_VLModel.embed`), so examples can share one
                                 packed image (GRPO packs each prompt's image once for its G samples);
                                 absent = placeholders read the packed images in row-major order
+A GRPO micro-batch in the shared-prompt layout (`train.grpo_batch`) holds its B prompts once and
+the R = B * G completions that follow them, rows ordered [prompt0 x G, ...]:
+    prompt_ids int32 [B, P], prompt_attention_mask bool [B, P], prompt_position_ids int32 [B, 3, P]
+    completion_ids int32 [R, T], completion_mask f32 [R, T], completion_position_ids int32 [R, 3, T]
+with "vision" packing the B prompts' images (`shared_prompt_completion_log_probs` reads it).
 Position ids travel example-major ([B, 3, L]) so that every per-example leaf splits on axis 0 over
 the batch mesh axes; they are transposed to the model's (3, B, L) here.
 """
@@ -34,6 +39,7 @@ from facialr1_jax.models import VisionPlan
 
 PLAN_FIELDS = tuple(field.name for field in dataclasses.fields(VisionPlan))
 FEATURE_OFFSETS = "feature_offsets"  # per-example, under "vision" but not part of the VisionPlan
+SHARED_PROMPT_IDS = "prompt_ids"  # marks a GRPO batch in the shared-prompt layout (train.grpo_batch)
 
 
 def vision_inputs(micro_batch: dict) -> tuple[jax.Array | None, VisionPlan | None]:
@@ -74,14 +80,42 @@ def completion_log_probs(model, micro_batch: dict, num_completion_tokens: int, c
 
     For GRPO batches (left-padded prompt, then the completion): only the T positions that predict a
     completion token go through the vocabulary projection, not the prompt's, whose log-probs every
-    caller would slice away. Same values as slicing `target_log_probs`.
+    caller would slice away. Same values as slicing `target_log_probs`. A batch in the shared-prompt
+    layout (`prompt_ids` present) goes through `shared_prompt_completion_log_probs`.
     """
+    if SHARED_PROMPT_IDS in micro_batch:
+        log_probs = shared_prompt_completion_log_probs(model, micro_batch, chunk_size)
+        if log_probs.shape[1] != num_completion_tokens:
+            raise ValueError(f"the batch holds {log_probs.shape[1]} completion tokens per row, "
+                             f"not {num_completion_tokens}")
+        return log_probs
     hidden = hidden_states(model, micro_batch)
     length = micro_batch["input_ids"].shape[1]
     start = length - num_completion_tokens - 1  # the position before the first completion token
     predicting = hidden[:, start : length - 1]
     targets = micro_batch["targets"][:, start : length - 1]
     return model.token_log_probs(predicting, targets, chunk_size=chunk_size)
+
+
+def shared_prompt_completion_log_probs(model, micro_batch: dict, chunk_size: int = 128) -> jax.Array:
+    """log p of every completion token, [R, T] float32, for a micro-batch in the shared-prompt layout
+    (`train.grpo_batch`): each prompt and its image go through the model once for its G completions.
+
+    The first completion token is predicted at the prompt's last position (left padding: the last
+    column), token j > 0 at completion position j - 1.
+    """
+    pixel_values, plan = vision_inputs(micro_batch)
+    feature_offsets = (micro_batch.get("vision") or {}).get(FEATURE_OFFSETS)
+    completion_ids = micro_batch["completion_ids"]
+    prompt_hidden, completion_hidden = model.shared_prompt_hidden(
+        micro_batch[SHARED_PROMPT_IDS], jnp.moveaxis(micro_batch["prompt_position_ids"], 1, 0),
+        micro_batch["prompt_attention_mask"], completion_ids,
+        jnp.moveaxis(micro_batch["completion_position_ids"], 1, 0), micro_batch["completion_mask"] > 0,
+        pixel_values=pixel_values, plan=plan, feature_offsets=feature_offsets)
+    samples = completion_ids.shape[0] // prompt_hidden.shape[0]
+    first = jnp.repeat(prompt_hidden[:, -1:], samples, axis=0)
+    predicting = jnp.concatenate([first, completion_hidden[:, :-1]], axis=1)
+    return model.token_log_probs(predicting, completion_ids, chunk_size=chunk_size)
 
 
 def selected_target_log_probs(model, micro_batch: dict, chunk_size: int = 128) -> tuple[jax.Array, jax.Array]:

@@ -10,9 +10,15 @@ The rollout engine returns, for P prompts and G samples each, R = P * G completi
 
 plus the per-row/per-token GRPO inputs (advantages, completion mask, old and reference
 log-probs). The layout is `facialr1_jax.train.forward`'s micro-batched layout, so the shared
-TrainStep accumulates GRPO micro-batches exactly like SFT ones. The G rows of a prompt share its
-image: each micro-batch packs every prompt it touches once and `vision["feature_offsets"]` points
-the rows at their prompt's image features, so the vision tower runs once per prompt, not per sample.
+TrainStep accumulates GRPO micro-batches exactly like SFT ones.
+
+When every micro-batch holds whole groups, the batch takes the shared-prompt layout instead
+(`shared_prompt_batch`): each prompt once and only the completions per row, so the model computes a
+prompt (and its image) once for its G completions, which attend its keys/values
+(`LanguageModel.shared_prompt_forward`). In the full-sequence layout the G rows of a prompt still
+share its image: each micro-batch packs every prompt it touches once and `vision["feature_offsets"]`
+points the rows at their prompt's image features, so the vision tower runs once per prompt, not per
+sample.
 """
 
 from __future__ import annotations
@@ -111,6 +117,7 @@ def training_batch(
     pad_id: int,
     old_log_probs: np.ndarray | None = None,
     ref_log_probs: np.ndarray | None = None,
+    share_prompts: bool = True,
 ) -> dict:
     """The micro-batched GRPO batch for R = P * G rows (see the module docstring).
 
@@ -119,6 +126,9 @@ def training_batch(
         micro-batch packs each of its prompts' images once and `feature_offsets` points its G rows at
         them (see `shared_prompt_vision`).
     advantages: [R] (one scalar per completion) or [R, T] (per token, e.g. the think-only AU term).
+    share_prompts: when every micro-batch holds whole groups (its rows a multiple of G), build the
+        shared-prompt layout (`shared_prompt_batch`: each prompt once, the model computes it once for
+        its G completions); otherwise, or with False, one full sequence per row.
     """
     num_rows, completion_length = tokens.shape
     num_prompts = prompts["input_ids"].shape[0]
@@ -131,12 +141,21 @@ def training_batch(
     keep = completion_mask > 0
 
     completion_ids = np.where(keep, tokens, pad_id).astype(np.int32)
+    first = (prompts["prompt_lengths"] + prompts["rope_deltas"])[prompt_of_row]
+    completion_positions = first[:, None] + np.arange(completion_length)[None, :]
+    completion_positions = np.repeat(completion_positions[:, None, :], 3, axis=1).astype(np.int32)
+    grpo_inputs = {"completion_mask": keep.astype(np.float32), "advantages": np.asarray(advantages, np.float32)}
+    if old_log_probs is not None:
+        grpo_inputs["old_log_probs"] = np.asarray(old_log_probs, np.float32)
+    if ref_log_probs is not None:
+        grpo_inputs["ref_log_probs"] = np.asarray(ref_log_probs, np.float32)
+    if share_prompts and per_micro % num_generations == 0:
+        return shared_prompt_batch(prompts, prompt_pixel_values, prompt_grids, completion_ids, completion_positions,
+                                   grpo_inputs, num_micro_batches=num_micro_batches, model_config=model_config)
+
     input_ids = np.concatenate([prompts["input_ids"][prompt_of_row], completion_ids], axis=1)
     attention_mask = np.concatenate([prompts["attention_mask"][prompt_of_row].astype(bool), keep], axis=1)
     prompt_positions = np.transpose(prompts["position_ids"], (1, 0, 2))[prompt_of_row]  # [R, 3, Lp]
-    first = (prompts["prompt_lengths"] + prompts["rope_deltas"])[prompt_of_row]
-    completion_positions = first[:, None] + np.arange(completion_length)[None, :]
-    completion_positions = np.repeat(completion_positions[:, None, :], 3, axis=1)
     position_ids = np.concatenate([prompt_positions, completion_positions], axis=2).astype(np.int32)
     targets = np.zeros_like(input_ids)
     targets[:, :-1] = input_ids[:, 1:]
@@ -146,18 +165,42 @@ def training_batch(
         "attention_mask": attention_mask,
         "position_ids": position_ids,
         "targets": targets,
-        "completion_mask": keep.astype(np.float32),
-        "advantages": np.asarray(advantages, np.float32),
+        **grpo_inputs,
     }
-    if old_log_probs is not None:
-        per_row["old_log_probs"] = np.asarray(old_log_probs, np.float32)
-    if ref_log_probs is not None:
-        per_row["ref_log_probs"] = np.asarray(ref_log_probs, np.float32)
     batch = {name: value.reshape(num_micro_batches, per_micro, *value.shape[1:]) for name, value in per_row.items()}
 
     if len(prompt_pixel_values) and sum(int(p.shape[0]) for p in prompt_pixel_values):
         batch["vision"] = shared_prompt_vision(prompt_pixel_values, prompt_grids,
                                                prompt_of_row.reshape(num_micro_batches, per_micro), model_config)
+    return batch
+
+
+def shared_prompt_batch(prompts: dict, prompt_pixel_values: Sequence[np.ndarray], prompt_grids: Sequence[np.ndarray],
+                        completion_ids: np.ndarray, completion_positions: np.ndarray, grpo_inputs: dict, *,
+                        num_micro_batches: int, model_config: Any) -> dict:
+    """The shared-prompt layout of `training_batch` (whole groups per micro-batch): the P prompts once,
+    [num_micro, P / num_micro, ...] (`prompt_ids`, `prompt_attention_mask`, `prompt_position_ids`), and
+    the R completions, [num_micro, R / num_micro, ...] (`completion_ids`, `completion_position_ids`
+    and the GRPO inputs). `train.forward.shared_prompt_completion_log_probs` runs each prompt through
+    the model once and its G completions attend its keys/values: the same log-probs as the full
+    sequences, without G copies of the prompt's (and its image's) forward and backward passes.
+    """
+    num_prompts = prompts["input_ids"].shape[0]
+    if num_prompts % num_micro_batches:
+        raise ValueError(f"{num_prompts} prompts do not split into {num_micro_batches} micro-batches")
+    per_micro_prompts = num_prompts // num_micro_batches
+    prompt_level = {
+        "prompt_ids": prompts["input_ids"].astype(np.int32),
+        "prompt_attention_mask": prompts["attention_mask"].astype(bool),
+        "prompt_position_ids": np.transpose(prompts["position_ids"], (1, 0, 2)).astype(np.int32),  # [P, 3, Lp]
+    }
+    row_level = {"completion_ids": completion_ids, "completion_position_ids": completion_positions, **grpo_inputs}
+    batch = {name: value.reshape(num_micro_batches, per_micro_prompts, *value.shape[1:])
+             for name, value in prompt_level.items()}
+    batch.update({name: value.reshape(num_micro_batches, -1, *value.shape[1:]) for name, value in row_level.items()})
+    if len(prompt_pixel_values) and sum(int(p.shape[0]) for p in prompt_pixel_values):
+        prompt_index = np.arange(num_prompts).reshape(num_micro_batches, per_micro_prompts)
+        batch["vision"] = shared_prompt_vision(prompt_pixel_values, prompt_grids, prompt_index, model_config)
     return batch
 
 

@@ -307,7 +307,8 @@ def run_grpo(config: Any, workdir: str) -> dict:
             advantages = np.asarray(grpo.group_advantages(total, num_generations, scale, eps))
         batch = training_batch(collated, [p.pixel_values for p in prompts], [p.image_grid_thw for p in prompts],
                                tokens, mask, advantages, num_generations=num_generations,
-                               num_micro_batches=num_micro, model_config=model_config, pad_id=pad_id)
+                               num_micro_batches=num_micro, model_config=model_config, pad_id=pad_id,
+                               share_prompts=bool(g.share_prompts))
         batch_shardings = step_lib.batch_shardings(batch, mesh)
         device_batch = step_lib.put_batch(batch, batch_shardings)
         if mu > 1:

@@ -85,11 +85,19 @@ def test_training_forward_recomputes_the_sampler_log_probs(tiny):
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     shardings = jax.tree.map(lambda x: x.sharding, params)
     log_prob_fn = grpo_loop.make_log_prob_fn(model_def, shardings, mesh, tokens.shape[1])
+    assert "prompt_ids" in batch  # 2 rows per micro-batch = whole groups: the shared-prompt layout
     recomputed = np.asarray(log_prob_fn(params, batch)).reshape(tokens.shape)
     np.testing.assert_allclose(recomputed * mask, np.asarray(out.policy_log_probs) * mask, atol=1e-4)
+    # The full-sequence layout (each row prompt ++ completion) gives the same log-probs.
+    full = training_batch(collated, [e.pixel_values for e in examples], [e.image_grid_thw for e in examples],
+                          tokens, mask, np.zeros(tokens.shape[0]), num_generations=2, num_micro_batches=3,
+                          model_config=config, pad_id=pad, share_prompts=False)
+    assert "prompt_ids" not in full and full["input_ids"].shape[-1] == collated["input_ids"].shape[1] + tokens.shape[1]
+    recomputed_full = np.asarray(log_prob_fn(params, full)).reshape(tokens.shape)
+    np.testing.assert_allclose(recomputed_full * mask, recomputed * mask, atol=1e-5)
     # Projecting only the completion's positions gives the same values as projecting every position
     # and slicing (what the loss and the reference log-probs did before).
-    first_micro = jax.tree.map(lambda x: x[0], batch)
+    first_micro = jax.tree.map(lambda x: x[0], full)
     model_now = model_def.merge(params)
     every_position = forward.target_log_probs(model_now, first_micro)
     prompt_length = first_micro["input_ids"].shape[1] - tokens.shape[1]
@@ -112,10 +120,13 @@ def test_grpo_loss_micro_batches_match_one_batch(tiny):
                     ratio_level="token", max_length=6)
     loss_fn = grpo_loop.make_grpo_loss(settings, use_stored_old_log_probs=False)
     results = []
+    # 1 micro-batch of 8 rows holds whole groups (the shared-prompt layout); 4 of 2 rows split each
+    # group of 4 (one full sequence per row): the two layouts must agree too.
     for num_micro in (1, 4):
         batch = training_batch(collated, [e.pixel_values for e in examples], [e.image_grid_thw for e in examples],
                                tokens, mask, advantages, num_generations=4, num_micro_batches=num_micro,
                                model_config=config, pad_id=pad)
+        assert ("prompt_ids" in batch) == (num_micro == 1)
         batch = jax.tree.map(jnp.asarray, batch)
         grads, loss_sum, denominator, _ = step_lib.accumulate(model_def, loss_fn, params, batch,
                                                              jax.random.PRNGKey(0), with_grads=True)

@@ -45,7 +45,8 @@ def _examples(config):
             for i, (ids, pixels, grid) in enumerate(engine_prompts.image_prompts(config, seed=4))]
 
 
-def _batch(config, examples, num_generations, num_micro_batches, seed=0):
+def _batch(config, examples, num_generations, num_micro_batches, seed=0, share_prompts=False):
+    """A GRPO batch; the full-sequence layout (one prompt ++ completion per row) unless share_prompts."""
     pad = config.text_config.pad_token_id
     collated = batching.collate_prompts(examples, config, pad_id=pad, max_length=64)
     rows = len(examples) * num_generations
@@ -55,7 +56,8 @@ def _batch(config, examples, num_generations, num_micro_batches, seed=0):
     advantages = rng.standard_normal(rows).astype(np.float32)
     return training_batch(collated, [e.pixel_values for e in examples], [e.image_grid_thw for e in examples],
                           tokens, mask, advantages, num_generations=num_generations,
-                          num_micro_batches=num_micro_batches, model_config=config, pad_id=pad)
+                          num_micro_batches=num_micro_batches, model_config=config, pad_id=pad,
+                          share_prompts=share_prompts)
 
 
 def _per_row_vision(config, examples, num_generations, num_micro_batches):
@@ -194,5 +196,25 @@ def test_shared_images_under_a_data_sharded_mesh(tiny):
     log_prob_fn = grpo_loop.make_log_prob_fn(model_def, replicated, mesh, COMPLETION, compiler_options=None)
     sharded = np.asarray(log_prob_fn(jax.device_put(params, replicated), shared))
     reference = _log_probs(model_def, params, _with_vision(shared, _per_row_vision(config, examples, 2, 1)))
+    mask = shared["completion_mask"]
+    np.testing.assert_allclose(sharded * mask, reference * mask, atol=1e-5)
+
+
+def test_shared_prompt_layout_under_a_data_sharded_mesh(tiny):
+    """The shared-prompt layout on 2 devices: 6 completion rows split 3 / 3 (straddling groups), the 3
+    prompts replicated; log-probs equal the full-sequence layout's on one device."""
+    config, model_def, params = tiny
+    examples = _examples(config)
+    shared = _batch(config, examples, num_generations=2, num_micro_batches=1, share_prompts=True)
+    full = _batch(config, examples, num_generations=2, num_micro_batches=1)
+    assert "prompt_ids" in shared and "input_ids" not in shared
+    mesh = make_mesh({"data": 2}, devices=jax.devices()[:2])
+    shardings = step_lib.batch_shardings(shared, mesh)
+    assert shardings["completion_ids"].spec == PartitionSpec(None, "data")
+    assert shardings["prompt_ids"].spec == PartitionSpec()
+    replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params)
+    log_prob_fn = grpo_loop.make_log_prob_fn(model_def, replicated, mesh, COMPLETION, compiler_options=None)
+    sharded = np.asarray(log_prob_fn(jax.device_put(params, replicated), shared))
+    reference = _log_probs(model_def, params, full)
     mask = shared["completion_mask"]
     np.testing.assert_allclose(sharded * mask, reference * mask, atol=1e-5)

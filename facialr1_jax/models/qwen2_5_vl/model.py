@@ -107,6 +107,24 @@ class Qwen2_5_VL(nnx.Module):
         embeds = self.embed(input_ids, features, feature_offsets)
         return self.forward_embeds(embeds, position_ids, attention_mask, cache, cache_index, return_hidden)
 
+    def shared_prompt_hidden(self, prompt_ids: jax.Array, prompt_positions: jax.Array, prompt_mask: jax.Array,
+                             completion_ids: jax.Array, completion_positions: jax.Array, completion_mask: jax.Array,
+                             pixel_values: jax.Array | None = None, plan: VisionPlan | None = None,
+                             feature_offsets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Final hidden states of B prompts (B, P, hidden) and of the R = B * G completions that follow
+        them (R, L, hidden), each prompt (and its image) computed once for its G completions
+        (`text.LanguageModel.shared_prompt_forward`). prompt_positions (3, B, P), completion_positions
+        (3, R, L); the images are the prompts' (`embed` fills the prompts' placeholders)."""
+        features = None
+        if pixel_values is not None:
+            if plan is None:
+                raise ValueError("pixel_values given without a vision plan (see vision_plan)")
+            features = self.encode_images(pixel_values, plan)
+        prompt_embeds = self.embed(prompt_ids, features, feature_offsets)
+        completion_embeds = self.language_model.embed_ids(completion_ids)
+        return self.language_model.shared_prompt_forward(prompt_embeds, prompt_positions, prompt_mask,
+                                                         completion_embeds, completion_positions, completion_mask)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits from final hidden states (the tied embedding when tie_word_embeddings)."""
         if self.lm_head is not None:
