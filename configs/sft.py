@@ -19,6 +19,12 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.sft.num_steps = 0  # Optimiser steps; 0 = derived from num_epochs.
     c.sft.batch_size = 16  # Sequences per optimiser step (the global, effective batch).
     c.sft.micro_batch_size = 0  # Sequences per forward/backward; 0 = batch_size (no accumulation).
+    # The reply SFT trains on: description (the record's reasoning text, the paper's target) | compact
+    # (`<think>AU6, AU12</think>\n<answer>happiness</answer>` built from the labels: data/examples.py).
+    c.data.target = "description"
+    # Records of compact targets: sft (the stage 1 split) | sft+rl (also the stage 2 records with an
+    # emotion label and an annotated AU set). Description targets always use the stage 1 split.
+    c.sft.compact_records = "sft"
     c.sft.loss_on = "assistant"  # assistant (reply tokens only, the default) | all (every non-pad, non-image token, as the reference).
     c.sft.eval_every_steps = 0  # Held-out loss (and greedy format/accuracy) every N steps; 0 = only at the end.
     c.sft.eval_num_examples = 64  # Held-out examples for the loss and the periodic greedy evaluation (0 = all).
@@ -31,6 +37,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.sft.vision_warmup_steps = 0  # Warm-up optimiser steps; 0 = off (pretrained towers need none).
     c.sft.vision_warmup_batch_size = 128  # Faces per warm-up step (all images must share one patch grid).
     c.sft.vision_warmup_lr = 2e-3  # Peak AdamW lr of the warm-up (10% linear warm-up, then cosine).
+    # Compact-target warm-up of the language model (facialr1_jax/train/sft.py, run_sft): before the
+    # description steps, this many steps on data.target = compact replies (records of sft.compact_records),
+    # same optimiser settings, in WORKDIR/compact_warmup; the description run starts from its weights.
+    c.sft.compact_warmup_steps = 0  # 0 = off.
 
     _apply_variant(c, variant)
     return c

@@ -7,7 +7,15 @@ A prompt is the Qwen2.5-VL chat: the (default) system turn, a user turn with the
 instruction (`fea.prompts.build_instruction` with the record's question and its dataset's allowed
 labels, full or compact variant), and the opening of the assistant turn. Each image contributes
 `t * h * w / merge_unit` image placeholder tokens, exactly as many as the vision tower returns
-features for. An SFT example appends the record's `description` and the end-of-turn token.
+features for. An SFT example appends the record's target text and the end-of-turn token.
+
+Which text the reply is (`EncodingConfig.target`):
+  "description"  the record's reasoning annotation (`<think>...</think>\n<answer>...</answer>`), the
+                 paper's stage 1 target;
+  "compact"      the same answer format built from the labels alone: `<think>AU6, AU12</think>\n
+                 <answer>happiness</answer>` (`compact_target`). Nearly every token of it depends on
+                 the image, so a from-scratch language model learns to read the image tokens from it
+                 far sooner than from a long description whose template dominates the loss.
 
 Which tokens are trained on (`EncodingConfig.loss_on`):
   "assistant"  the reply and its end-of-turn token (the usual choice; the default);
@@ -30,11 +38,15 @@ import numpy as np
 from facialr1_jax.data import chat
 from facialr1_jax.data import images as image_lib
 from facialr1_jax.data import tokenizer as tokenizer_lib
+from facialr1_jax.fea.aus import sort_aus
 from facialr1_jax.fea.profiles import labels_for
 from facialr1_jax.fea.prompts import VARIANTS, build_instruction
 from facialr1_jax.fea.records import FEARecord, resolve_image_path
 
 LOSS_ON = ("assistant", "all")
+TARGETS = ("description", "compact")
+# The think block of a compact target whose record has no active AU (a neutral face).
+NO_AUS_TEXT = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +58,15 @@ class EncodingConfig:
     max_prompt_tokens: int = 256
     max_target_tokens: int = 160
     loss_on: str = "assistant"
+    target: str = "description"
 
     def __post_init__(self):
         if self.prompt_variant not in VARIANTS:
             raise ValueError(f"prompt_variant {self.prompt_variant!r} is not one of {VARIANTS}")
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"loss_on {self.loss_on!r} is not one of {LOSS_ON}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
 
     @property
     def max_length(self) -> int:
@@ -60,15 +75,18 @@ class EncodingConfig:
 
     @classmethod
     def from_config(cls, config: Any) -> "EncodingConfig":
-        """From a run config: the `data` section, and `sft.loss_on` when the config has one."""
+        """From a run config: the `data` section (its `target` when present), and `sft.loss_on` when
+        the config has one."""
         data = config.data
         loss_on = config.sft.loss_on if "sft" in config else "assistant"
+        target = data.get("target", "description")
         return cls(
             prompt_variant=data.prompt_variant,
             image=image_lib.ImageConfig(min_pixels=int(data.min_pixels), max_pixels=int(data.max_pixels)),
             max_prompt_tokens=int(data.max_prompt_tokens),
             max_target_tokens=int(data.max_target_tokens),
             loss_on=loss_on,
+            target=target,
         )
 
 
@@ -178,6 +196,37 @@ def encode_prompt_example(
                          record=record, instruction=text)
 
 
+def compact_target(record: FEARecord) -> str:
+    """The short reply built from a record's labels: its AUs in numeric order, comma-separated, in
+    the think block (`none` when it has none) and its emotion (labels[0]) as the answer, e.g.
+    `<think>AU6, AU12</think>\n<answer>happiness</answer>`: the layout every reward and metric
+    parses (`fea.answers`), with the canonical AU names and emotion nouns of the record."""
+    if record.label is None:
+        raise ValueError(f"record {record.id!r} has no emotion label: a compact SFT target needs one")
+    aus = ", ".join(sort_aus(record.aus)) or NO_AUS_TEXT
+    return f"<think>{aus}</think>\n<answer>{record.label}</answer>"
+
+
+def has_target(record: FEARecord, target: str) -> bool:
+    """Whether `record` carries what the `target` reply is built from (a description; a label)."""
+    if target == "description":
+        return bool(record.description.strip())
+    if target == "compact":
+        return record.label is not None
+    raise ValueError(f"target {target!r} is not one of {TARGETS}")
+
+
+def target_text(record: FEARecord, target: str) -> str:
+    """The reply an SFT example trains on for `target` (one of TARGETS; see the module doc)."""
+    if target == "description":
+        if not record.description.strip():
+            raise ValueError(f"record {record.id!r} has no description: SFT needs the reasoning text as its target")
+        return record.description
+    if target == "compact":
+        return compact_target(record)
+    raise ValueError(f"target {target!r} is not one of {TARGETS}")
+
+
 def encode_sft_example(
     record: FEARecord,
     tokenizer: Any,
@@ -186,11 +235,11 @@ def encode_sft_example(
     images: Sequence[image_lib.ImageSource] | None = None,
     image_root: str | None = None,
 ) -> TrainExample:
-    """Encodes prompt + `record.description` + end-of-turn, with the label mask of `encoding.loss_on`."""
-    if not record.description.strip():
-        raise ValueError(f"record {record.id!r} has no description: SFT needs the reasoning text as its target")
+    """Encodes prompt + the target text of `encoding.target` + end-of-turn, with the label mask of
+    `encoding.loss_on`."""
+    reply_text = target_text(record, encoding.target)
     prompt = encode_prompt_example(record, tokenizer, encoding, images=images, image_root=image_root)
-    reply = np.asarray(chat.encode_completion(tokenizer, record.description), np.int32)
+    reply = np.asarray(chat.encode_completion(tokenizer, reply_text), np.int32)
     truncated = len(reply) > encoding.max_target_tokens
     reply = reply[: encoding.max_target_tokens]
     input_ids = np.concatenate([prompt.input_ids, reply])

@@ -23,6 +23,7 @@ predictions-test.jsonl (greedy outputs), sft_result.json.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from facialr1_jax import config_validation, models
 from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data import images as image_lib
 from facialr1_jax.data import tokenizer as tokenizer_lib
-from facialr1_jax.data.examples import EncodingConfig, encode_sft_example
+from facialr1_jax.data.examples import EncodingConfig, encode_sft_example, has_target
 from facialr1_jax.parallel import TRAINING_RULES, files, make_mesh, shard_model
 from facialr1_jax.train import checkpoint as checkpoint_lib
 from facialr1_jax.train import evaluation, forward, loop, optim, vision_warmup
@@ -49,6 +50,7 @@ from facialr1_jax.train.metrics import MetricsLogger, ProgressBar, StepJsonl
 _log = logging.getLogger(__name__)
 
 RESULT_FILE = "sft_result.json"
+COMPACT_WARMUP_DIR = "compact_warmup"  # the compact-target warm-up phase's own workdir inside the run's
 BATCH_LOG_FILE = "batches.jsonl"
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -123,9 +125,10 @@ def micro_batch_count(config: Any) -> int:
 def held_out_batches(split: datasets.LoadedSplit, tokenizer, encoding: EncodingConfig, model_config,
                      *, num_examples: int, batch_size: int) -> list[dict]:
     """The held-out loss batches, encoded once: the first `num_examples` test records that have a
-    reference description, in batches of `batch_size`; the last one is filled up with copies whose
-    targets are masked (same shape, no weight). Empty when no test record has a description."""
-    indices = [i for i, record in enumerate(split.records) if record.description.strip()]
+    reference target (`encoding.target`: a description, or the labels of a compact target), in
+    batches of `batch_size`; the last one is filled up with copies whose targets are masked (same
+    shape, no weight). Empty when no test record has one."""
+    indices = [i for i, record in enumerate(split.records) if has_target(record, encoding.target)]
     if num_examples > 0:
         indices = indices[:num_examples]
     examples = [encode_sft_example(split.source[i]["record"], tokenizer, encoding,
@@ -138,6 +141,41 @@ def held_out_batches(split: datasets.LoadedSplit, tokenizer, encoding: EncodingC
         filler = [evaluation.without_targets(chunk[-1])] * (batch_size - len(chunk))
         batches.append(batching.split_info(collate(chunk + filler))[0])
     return batches
+
+
+def compact_record_usable(record) -> bool:
+    """Whether a record yields a truthful compact target: an emotion label and an annotated AU set
+    (an emotion-only record's empty AU list means "not annotated", not "no AU")."""
+    return record.label is not None and vision_warmup.has_au_annotation(record)
+
+
+def load_training_split(config: Any, workdir: str) -> datasets.LoadedSplit:
+    """The records SFT trains on for `data.target`.
+
+    description: the "sft" split; a record without a description is a bad row (`data.on_error`).
+    compact: the target needs only labels, so with `sft.compact_records = "sft+rl"` the stage 2
+    records join the stage 1 ones; either way only records with an emotion label and an annotated
+    AU set (`compact_record_usable`) are kept, each record id once.
+    """
+    target = config.data.get("target", "description")
+    if target == "description":
+        return datasets.load_split(config, "sft", workdir=workdir, require_description=True)
+    names = ("sft", "rl") if config.sft.get("compact_records", "sft") == "sft+rl" else ("sft",)
+    parts, records, seen = [], [], set()
+    for name in names:
+        split = datasets.load_split(config, name, workdir=workdir)
+        keep = [i for i, record in enumerate(split.records) if record.id not in seen and compact_record_usable(record)]
+        seen.update(split.records[i].id for i in keep)
+        parts.append((split.source, keep))
+        records.extend(split.records[i] for i in keep)
+    if not records:
+        raise ValueError(f"data.target = 'compact': splits {', '.join(names)} hold no record with an emotion "
+                         f"label and an annotated AU set")
+    summary = ", ".join(f"{len(keep)} from {name}" for name, (_, keep) in zip(names, parts))
+    _log.info("compact targets: %d records (%s)", len(records), summary)
+    return datasets.LoadedSplit(name="+".join(names), source=pipeline.ConcatenatedSource(parts),
+                                records=tuple(records), image_root=None, report_path=None,
+                                summary=f"compact targets: {summary}")
 
 
 def load_test_split(config: Any, workdir: str) -> datasets.LoadedSplit | None:
@@ -197,8 +235,78 @@ def maybe_warm_up_vision(config: Any, model: nnx.Module, train_split: datasets.L
     return result
 
 
+def compact_warmup_phases(config: Any, warmup_dir: str) -> tuple[Any, Any]:
+    """(config of the compact warm-up phase, config of the description phase) of a run with
+    `sft.compact_warmup_steps` > 0.
+
+    The warm-up is the same run with `data.target = "compact"` for that many optimiser steps (the
+    vision warm-up, if any, runs at its start); the description phase is the configured run loading
+    the warm-up's final weights as `model.checkpoint` (a fresh optimiser and lr schedule).
+    """
+    steps = int(config.sft.compact_warmup_steps)
+    warmup = copy.deepcopy(config)
+    warmup.data.target = "compact"
+    warmup.sft.num_steps = steps
+    warmup.sft.compact_warmup_steps = 0
+    description = copy.deepcopy(config)
+    description.model.checkpoint = warmup_dir
+    description.sft.compact_warmup_steps = 0
+    description.sft.vision_warmup_steps = 0  # the warm-up's tower is already trained
+    return warmup, description
+
+
+def _completed_result(workdir: str, steps: int) -> dict | None:
+    """The result of a run in `workdir` that completed `steps` steps, else None."""
+    path = os.path.join(workdir, RESULT_FILE)
+    if not files.exists(path):
+        return None
+    result = json.loads(files.read_text(path))
+    return result if result.get("status") == "completed" and result.get("step") == steps else None
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    checkpointer = checkpoint_lib.Checkpointer(workdir, async_save=False)
+    try:
+        return checkpointer.latest_step() is not None
+    finally:
+        checkpointer.close()
+
+
 def run_sft(config: Any, workdir: str) -> dict:
-    """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict."""
+    """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict.
+
+    With `sft.compact_warmup_steps` > 0 a fresh run has two phases (`compact_warmup_phases`): the
+    compact-target warm-up in WORKDIR/compact_warmup (its own checkpoints, metrics and result), then
+    the description run in WORKDIR from the warm-up's final weights. Each phase resumes exactly as a
+    plain run does; once the description phase holds a checkpoint the warm-up is not looked at again,
+    and a completed warm-up is never rerun. The result is the description phase's, with the warm-up's
+    under "compact_warmup" (or the warm-up's own result while it has not completed).
+    """
+    steps = int(config.sft.get("compact_warmup_steps", 0))
+    if steps <= 0:
+        return run_sft_phase(config, workdir)
+    start_time = time.time()
+    workdir = files.makedirs(workdir)
+    warmup_dir = os.path.join(workdir, COMPACT_WARMUP_DIR)
+    warmup_config, description_config = compact_warmup_phases(config, warmup_dir)
+    warmup_result = _completed_result(warmup_dir, steps)
+    if warmup_result is None and not _has_checkpoint(workdir):
+        _log.info("compact-target warm-up: %d steps into %s", steps, warmup_dir)
+        warmup_result = run_sft_phase(warmup_config, warmup_dir)
+        if warmup_result["status"] != "completed":
+            return {**warmup_result, "phase": "compact_warmup"}
+    result = run_sft_phase(description_config, workdir)
+    result["compact_warmup"] = None if warmup_result is None else {
+        key: warmup_result.get(key) for key in ("step", "train_records", "eval", "vision_warmup", "wall_seconds")}
+    result["wall_seconds"] = round(time.time() - start_time, 1)
+    if jax.process_index() == 0:
+        files.write_text(os.path.join(workdir, RESULT_FILE), json.dumps(result, indent=2))
+    return result
+
+
+def run_sft_phase(config: Any, workdir: str) -> dict:
+    """One SFT run into `workdir` (resuming from it when it holds a checkpoint), without the compact
+    warm-up: `run_sft` for configs without one, and each of its phases otherwise."""
     start_time = time.time()
     quiet_library_logs()
     workdir = files.makedirs(workdir)  # a local folder (made absolute) or a URL such as gs://bucket/run
@@ -208,7 +316,7 @@ def run_sft(config: Any, workdir: str) -> dict:
     model, tokenizer, model_meta = build_model(config, mesh)
     encoding = EncodingConfig.from_config(config)
 
-    train_split = datasets.load_split(config, "sft", workdir=workdir, require_description=True)
+    train_split = load_training_split(config, workdir)
     test_split = load_test_split(config, workdir)
     total_steps = total_steps_for(config, len(train_split))
     num_micro = micro_batch_count(config)
