@@ -3,8 +3,9 @@
     python launch/train.py --config=configs/sft.py --workdir=W
 
 `run_sft(config, workdir)`:
-  1. data: the "sft" split (records with a description) and the "test" split for held-out loss and
-     greedy evaluation (`data.datasets.load_split`), streamed by a grain pipeline;
+  1. data: the "sft" split (records with a description; `load_training_split` for compact targets)
+     and the "test" split for held-out loss and greedy evaluation (`data.datasets.load_split`),
+     streamed by a grain pipeline;
   2. model: fresh from `model.preset`, or `model.checkpoint` (a Hugging Face folder or another
      run's workdir / step folder), placed on the mesh with the training sharding rules;
   3. resume: when WORKDIR/checkpoints holds a step, params, optimiser, step, RNG and data iterator
@@ -16,9 +17,17 @@
      greedy generation on the test split scored with the paper's metrics (format-valid rate,
      emotion accuracy, AU F1), written to WORKDIR/sft_result.json.
 
+Compact-target warm-up (`sft.compact_warmup_steps` > 0, `run_sft`): a language model trained from
+scratch learns the long descriptions' template long before it learns to read the image tokens (in
+a description only the AU mentions and the answer depend on the face). A first phase on compact
+replies built from the labels (`data.target = "compact"`: `<think>AU6, AU12</think>\n<answer>
+happiness</answer>`) puts nearly all of the loss on image-dependent tokens; the description run
+then starts from its weights. The phase runs in WORKDIR/compact_warmup with its own checkpoints.
+
 Files in the workdir: checkpoints/, metrics.jsonl, batches.jsonl (record ids of every step's batch,
 to audit data order across resumes), tensorboard/, loss_curve.png, data_report-*.json (bad rows),
-predictions-test.jsonl (greedy outputs), sft_result.json.
+predictions-test.jsonl (greedy outputs), sft_result.json, and compact_warmup/ (the same files of
+the compact-target phase) when there is one.
 """
 
 from __future__ import annotations
@@ -240,14 +249,16 @@ def compact_warmup_phases(config: Any, warmup_dir: str) -> tuple[Any, Any]:
     `sft.compact_warmup_steps` > 0.
 
     The warm-up is the same run with `data.target = "compact"` for that many optimiser steps (the
-    vision warm-up, if any, runs at its start); the description phase is the configured run loading
-    the warm-up's final weights as `model.checkpoint` (a fresh optimiser and lr schedule).
+    vision warm-up, if any, runs at its start), evaluated only at its end; the description phase
+    is the configured run loading the warm-up's final weights as `model.checkpoint` (a fresh
+    optimiser and lr schedule).
     """
     steps = int(config.sft.compact_warmup_steps)
     warmup = copy.deepcopy(config)
     warmup.data.target = "compact"
     warmup.sft.num_steps = steps
     warmup.sft.compact_warmup_steps = 0
+    warmup.sft.eval_every_steps = 0  # evaluated once, at its end (on sft.final_eval_num_examples faces)
     description = copy.deepcopy(config)
     description.model.checkpoint = warmup_dir
     description.sft.compact_warmup_steps = 0
@@ -326,7 +337,11 @@ def run_sft_phase(config: Any, workdir: str) -> dict:
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
                                                async_save=bool(config.checkpoint.async_save))
     latest = checkpointer.latest_step()
-    warmup_result = maybe_warm_up_vision(config, model, train_split, test_split, workdir=workdir, mesh=mesh,
+    # The vision warm-up sees the stage 1 faces, then the stage 2 ones, whatever the SFT target: the same
+    # faces in the same order give the same tower.
+    stage1_split = (train_split if encoding.target == "description"
+                    else datasets.load_split(config, "sft", workdir=workdir))
+    warmup_result = maybe_warm_up_vision(config, model, stage1_split, test_split, workdir=workdir, mesh=mesh,
                                          resuming=latest is not None, is_main=is_main)
 
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps)

@@ -58,6 +58,7 @@ def test_the_phase_configs_switch_the_target_and_chain_the_weights():
     assert warmup.data.target == "compact" and warmup.sft.num_steps == 30
     assert warmup.sft.compact_warmup_steps == 0 and warmup.sft.vision_warmup_steps == config.sft.vision_warmup_steps
     assert warmup.model.checkpoint == config.model.checkpoint == ""
+    assert warmup.sft.eval_every_steps == 0 and description.sft.eval_every_steps == config.sft.eval_every_steps
     assert description.data.target == "description" and description.sft.num_steps == 160
     assert description.model.checkpoint == "/runs/a/compact_warmup"
     assert description.sft.compact_warmup_steps == 0 and description.sft.vision_warmup_steps == 0
