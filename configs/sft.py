@@ -37,10 +37,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.sft.vision_warmup_steps = 0  # Warm-up optimiser steps; 0 = off (pretrained towers need none).
     c.sft.vision_warmup_batch_size = 128  # Faces per warm-up step (all images must share one patch grid).
     c.sft.vision_warmup_lr = 2e-3  # Peak AdamW lr of the warm-up (10% linear warm-up, then cosine).
-    # Compact-target warm-up of the language model (facialr1_jax/train/sft.py, run_sft): before the
-    # description steps, this many steps on data.target = compact replies (records of sft.compact_records),
-    # same optimiser settings, in WORKDIR/compact_warmup; the description run starts from its weights.
-    c.sft.compact_warmup_steps = 0  # 0 = off.
 
     _apply_variant(c, variant)
     return c

@@ -102,7 +102,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sft.vision_warmup_steps": (_non_negative, ">= 0 (0 = off)"),
     "sft.vision_warmup_batch_size": (_positive, "> 0"),
     "sft.vision_warmup_lr": (_positive, "> 0"),
-    "sft.compact_warmup_steps": (_non_negative, ">= 0 (0 = off)"),
     "grpo.num_steps": (_non_negative, ">= 0"),
     "grpo.prompts_per_step": (_positive, "> 0"),
     "grpo.num_generations": (lambda v: v >= 2, ">= 2 (advantages are relative to the group)"),
@@ -184,11 +183,6 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
             f"config.sft.batch_size = {config.sft.batch_size} is not a multiple of "
             f"config.sft.micro_batch_size = {micro}"
         )
-    present, compact_steps = _lookup(config, "sft.compact_warmup_steps")
-    if present and compact_steps and config.data.get("target", "description") != "description":
-        raise ConfigError(
-            f"config.{prefix}sft.compact_warmup_steps = {compact_steps} runs compact targets before the description "
-            f"steps, so config.{prefix}data.target must be 'description', not {config.data.target!r}")
     if "data" in config and config.data.source == "jsonl" and config.stage in ("sft", "grpo", "pipeline"):
         if not config.data.train_jsonl:
             raise ConfigError(f"config.{prefix}data.source = 'jsonl' needs config.{prefix}data.train_jsonl (an FEA JSONL file)")

@@ -17,22 +17,17 @@
      greedy generation on the test split scored with the paper's metrics (format-valid rate,
      emotion accuracy, AU F1), written to WORKDIR/sft_result.json.
 
-Compact-target warm-up (`sft.compact_warmup_steps` > 0, `run_sft`): a language model trained from
-scratch learns the long descriptions' template long before it learns to read the image tokens (in
-a description only the AU mentions and the answer depend on the face). A first phase on compact
-replies built from the labels (`data.target = "compact"`: `<think>AU6, AU12</think>\n<answer>
-happiness</answer>`) puts nearly all of the loss on image-dependent tokens; the description run
-then starts from its weights. The phase runs in WORKDIR/compact_warmup with its own checkpoints.
+Targets (`data.target`, `data.examples`): the records' reasoning `description` (the paper's), or
+"compact" replies built from the labels (`<think>AU6, AU12</think>\n<answer>happiness</answer>`),
+which need no description, so `sft.compact_records = "sft+rl"` adds the labelled stage 2 records.
 
 Files in the workdir: checkpoints/, metrics.jsonl, batches.jsonl (record ids of every step's batch,
 to audit data order across resumes), tensorboard/, loss_curve.png, data_report-*.json (bad rows),
-predictions-test.jsonl (greedy outputs), sft_result.json, and compact_warmup/ (the same files of
-the compact-target phase) when there is one.
+predictions-test.jsonl (greedy outputs), sft_result.json.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -59,7 +54,6 @@ from facialr1_jax.train.metrics import MetricsLogger, ProgressBar, StepJsonl
 _log = logging.getLogger(__name__)
 
 RESULT_FILE = "sft_result.json"
-COMPACT_WARMUP_DIR = "compact_warmup"  # the compact-target warm-up phase's own workdir inside the run's
 BATCH_LOG_FILE = "batches.jsonl"
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -244,80 +238,8 @@ def maybe_warm_up_vision(config: Any, model: nnx.Module, train_split: datasets.L
     return result
 
 
-def compact_warmup_phases(config: Any, warmup_dir: str) -> tuple[Any, Any]:
-    """(config of the compact warm-up phase, config of the description phase) of a run with
-    `sft.compact_warmup_steps` > 0.
-
-    The warm-up is the same run with `data.target = "compact"` for that many optimiser steps (the
-    vision warm-up, if any, runs at its start), evaluated only at its end; the description phase
-    is the configured run loading the warm-up's final weights as `model.checkpoint` (a fresh
-    optimiser and lr schedule).
-    """
-    steps = int(config.sft.compact_warmup_steps)
-    warmup = copy.deepcopy(config)
-    warmup.data.target = "compact"
-    warmup.sft.num_steps = steps
-    warmup.sft.compact_warmup_steps = 0
-    warmup.sft.eval_every_steps = 0  # evaluated once, at its end (on sft.final_eval_num_examples faces)
-    description = copy.deepcopy(config)
-    description.model.checkpoint = warmup_dir
-    description.sft.compact_warmup_steps = 0
-    description.sft.vision_warmup_steps = 0  # the warm-up's tower is already trained
-    return warmup, description
-
-
-def _completed_result(workdir: str, steps: int) -> dict | None:
-    """The result of a run in `workdir` that completed `steps` steps, else None."""
-    path = os.path.join(workdir, RESULT_FILE)
-    if not files.exists(path):
-        return None
-    result = json.loads(files.read_text(path))
-    return result if result.get("status") == "completed" and result.get("step") == steps else None
-
-
-def _has_checkpoint(workdir: str) -> bool:
-    checkpointer = checkpoint_lib.Checkpointer(workdir, async_save=False)
-    try:
-        return checkpointer.latest_step() is not None
-    finally:
-        checkpointer.close()
-
-
 def run_sft(config: Any, workdir: str) -> dict:
-    """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict.
-
-    With `sft.compact_warmup_steps` > 0 a fresh run has two phases (`compact_warmup_phases`): the
-    compact-target warm-up in WORKDIR/compact_warmup (its own checkpoints, metrics and result), then
-    the description run in WORKDIR from the warm-up's final weights. Each phase resumes exactly as a
-    plain run does; once the description phase holds a checkpoint the warm-up is not looked at again,
-    and a completed warm-up is never rerun. The result is the description phase's, with the warm-up's
-    under "compact_warmup" (or the warm-up's own result while it has not completed).
-    """
-    steps = int(config.sft.get("compact_warmup_steps", 0))
-    if steps <= 0:
-        return run_sft_phase(config, workdir)
-    start_time = time.time()
-    workdir = files.makedirs(workdir)
-    warmup_dir = os.path.join(workdir, COMPACT_WARMUP_DIR)
-    warmup_config, description_config = compact_warmup_phases(config, warmup_dir)
-    warmup_result = _completed_result(warmup_dir, steps)
-    if warmup_result is None and not _has_checkpoint(workdir):
-        _log.info("compact-target warm-up: %d steps into %s", steps, warmup_dir)
-        warmup_result = run_sft_phase(warmup_config, warmup_dir)
-        if warmup_result["status"] != "completed":
-            return {**warmup_result, "phase": "compact_warmup"}
-    result = run_sft_phase(description_config, workdir)
-    result["compact_warmup"] = None if warmup_result is None else {
-        key: warmup_result.get(key) for key in ("step", "train_records", "eval", "vision_warmup", "wall_seconds")}
-    result["wall_seconds"] = round(time.time() - start_time, 1)
-    if jax.process_index() == 0:
-        files.write_text(os.path.join(workdir, RESULT_FILE), json.dumps(result, indent=2))
-    return result
-
-
-def run_sft_phase(config: Any, workdir: str) -> dict:
-    """One SFT run into `workdir` (resuming from it when it holds a checkpoint), without the compact
-    warm-up: `run_sft` for configs without one, and each of its phases otherwise."""
+    """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict."""
     start_time = time.time()
     quiet_library_logs()
     workdir = files.makedirs(workdir)  # a local folder (made absolute) or a URL such as gs://bucket/run
