@@ -22,9 +22,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     # The reply SFT trains on: description (the record's reasoning text, the paper's target) | compact
     # (`<think>AU6, AU12</think>\n<answer>happiness</answer>` built from the labels: data/examples.py).
     c.data.target = "description"
-    # Records of compact targets: sft (the stage 1 split) | sft+rl (also the stage 2 records with an
-    # emotion label and an annotated AU set). Description targets always use the stage 1 split.
-    c.sft.compact_records = "sft"
     c.sft.loss_on = "assistant"  # assistant (reply tokens only, the default) | all (every non-pad, non-image token, as the reference).
     c.sft.eval_every_steps = 0  # Held-out loss (and greedy format/accuracy) every N steps; 0 = only at the end.
     c.sft.eval_num_examples = 64  # Held-out examples for the loss and the periodic greedy evaluation (0 = all).

@@ -33,7 +33,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.target": ("description", "compact"),
     "optimizer.schedule": ("linear", "cosine", "constant"),
     "sft.loss_on": ("assistant", "all"),
-    "sft.compact_records": ("sft", "sft+rl"),
     "grpo.kl_estimator": ("k1", "k3"),
     "grpo.aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "grpo.advantage": ("group", "mean_only", "batch"),

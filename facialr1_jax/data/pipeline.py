@@ -47,21 +47,6 @@ def element_images(element: dict) -> Sequence[Any]:
     )
 
 
-class ConcatenatedSource:
-    """Chosen elements of several random-access sources, as one source: `parts` lists
-    (source, indices) pairs, and element i is the i-th chosen element counting part after part."""
-
-    def __init__(self, parts: Sequence[tuple[Any, Sequence[int]]]):
-        self._entries = [(source, int(index)) for source, indices in parts for index in indices]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __getitem__(self, index: int) -> dict:
-        source, row = self._entries[int(index)]
-        return source[row]
-
-
 @dataclasses.dataclass(frozen=True)
 class EncodeSFT:
     """grain map: source element -> TrainExample (picklable, runs in workers)."""

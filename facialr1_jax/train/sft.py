@@ -18,8 +18,7 @@
      emotion accuracy, AU F1), written to WORKDIR/sft_result.json.
 
 Targets (`data.target`, `data.examples`): the records' reasoning `description` (the paper's), or
-"compact" replies built from the labels (`<think>AU6, AU12</think>\n<answer>happiness</answer>`),
-which need no description, so `sft.compact_records = "sft+rl"` adds the labelled stage 2 records.
+"compact" replies built from the labels (`<think>AU6, AU12</think>\n<answer>happiness</answer>`).
 
 Files in the workdir: checkpoints/, metrics.jsonl, batches.jsonl (record ids of every step's batch,
 to audit data order across resumes), tensorboard/, loss_curve.png, data_report-*.json (bad rows),
@@ -153,32 +152,27 @@ def compact_record_usable(record) -> bool:
 
 
 def load_training_split(config: Any, workdir: str) -> datasets.LoadedSplit:
-    """The records SFT trains on for `data.target`.
+    """The stage 1 records SFT trains on for `data.target`.
 
     description: the "sft" split; a record without a description is a bad row (`data.on_error`).
-    compact: the target needs only labels, so with `sft.compact_records = "sft+rl"` the stage 2
-    records join the stage 1 ones; either way only records with an emotion label and an annotated
-    AU set (`compact_record_usable`) are kept, each record id once.
+    compact: the "sft" split's records with an emotion label and an annotated AU set
+    (`compact_record_usable`); an empty result is an error.
     """
-    target = config.data.get("target", "description")
-    if target == "description":
+    if config.data.get("target", "description") == "description":
         return datasets.load_split(config, "sft", workdir=workdir, require_description=True)
-    names = ("sft", "rl") if config.sft.get("compact_records", "sft") == "sft+rl" else ("sft",)
-    parts, records, seen = [], [], set()
-    for name in names:
-        split = datasets.load_split(config, name, workdir=workdir)
-        keep = [i for i, record in enumerate(split.records) if record.id not in seen and compact_record_usable(record)]
-        seen.update(split.records[i].id for i in keep)
-        parts.append((split.source, keep))
-        records.extend(split.records[i] for i in keep)
-    if not records:
-        raise ValueError(f"data.target = 'compact': splits {', '.join(names)} hold no record with an emotion "
-                         f"label and an annotated AU set")
-    summary = ", ".join(f"{len(keep)} from {name}" for name, (_, keep) in zip(names, parts))
-    _log.info("compact targets: %d records (%s)", len(records), summary)
-    return datasets.LoadedSplit(name="+".join(names), source=pipeline.ConcatenatedSource(parts),
-                                records=tuple(records), image_root=None, report_path=None,
-                                summary=f"compact targets: {summary}")
+    split = datasets.load_split(config, "sft", workdir=workdir)
+    keep = [i for i, record in enumerate(split.records) if compact_record_usable(record)]
+    if not keep:
+        raise ValueError(f"data.target = 'compact': the sft split ({split.summary}) holds no record with an "
+                         f"emotion label and an annotated AU set")
+    if len(keep) == len(split.records):
+        return split
+    _log.info("compact targets: %d of %d stage 1 records have an emotion label and an annotated AU set",
+              len(keep), len(split.records))
+    return datasets.LoadedSplit(name=split.name, source=datasets.Subset(split.source, keep),
+                                records=tuple(split.records[i] for i in keep), image_root=split.image_root,
+                                report_path=split.report_path,
+                                summary=f"{split.summary}; {len(split.records) - len(keep)} without a compact target")
 
 
 def load_test_split(config: Any, workdir: str) -> datasets.LoadedSplit | None:

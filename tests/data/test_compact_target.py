@@ -98,7 +98,3 @@ def test_unknown_targets_are_errors_in_the_encoding_and_the_config():
     config.data.target = "short"
     with pytest.raises(config_validation.ConfigError, match=r"config.data.target = 'short' is not one of"):
         config_validation.validate(config)
-    config.data.target = "compact"
-    config.sft.compact_records = "rl"
-    with pytest.raises(config_validation.ConfigError, match=r"config.sft.compact_records = 'rl' is not one of"):
-        config_validation.validate(config)

@@ -11,6 +11,7 @@ from facialr1_jax import models
 from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.data.examples import EncodingConfig, compact_target
+from facialr1_jax.fea.records import FEARecord
 from facialr1_jax.train import sft
 
 
@@ -18,38 +19,52 @@ from facialr1_jax.train import sft
 def demo_config(tmp_path_factory):
     config = configs.sft.get_config()
     config.data.builtin_dir = str(tmp_path_factory.mktemp("demo"))
-    config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = 8, 40, 4
+    config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = 8, 2, 4
     return config
 
 
-def test_compact_records_are_labelled_faces_with_an_annotated_au_set(demo_config, tmp_path):
+def test_compact_targets_train_on_the_labelled_stage1_records(demo_config, tmp_path, monkeypatch):
     config = demo_config.copy_and_resolve_references()
     description = sft.load_training_split(config, str(tmp_path))
     assert len(description) == 8 and all(r.description for r in description.records)
 
     config.data.target = "compact"
-    stage1_only = sft.load_training_split(config, str(tmp_path))
-    assert [r.id for r in stage1_only.records] == [r.id for r in description.records]
+    compact = sft.load_training_split(config, str(tmp_path))
+    assert [r.id for r in compact.records] == [r.id for r in description.records]
 
-    config.sft.compact_records = "sft+rl"
-    both = sft.load_training_split(config, str(tmp_path))
-    rl_records = datasets.load_split(config, "rl").records
-    # The demo's emotion-only records belong to a dataset without AU annotation (an empty list there
-    # means "not annotated"); its neutral faces of the AU-annotated set keep their empty AU set.
-    usable_rl = [r for r in rl_records if r.label is not None and (r.aus or r.dataset == "synthface")]
-    assert len(usable_rl) < len(rl_records)  # the demo mix holds AU-only and emotion-only records
-    assert [r.id for r in both.records] == [r.id for r in description.records] + [r.id for r in usable_rl]
-    assert len(both) == len(both.source) == len({r.id for r in both.records})
-    for index in (0, len(both) - 1):
-        assert both.source[index]["record"] == both.records[index]
-        assert both.source[index]["image_bytes"]
+    # Records without a label, or from an emotion-only data set (whose empty AU list means "not
+    # annotated", not "no AU"), are left out: their compact target would be wrong.
+    stage1 = datasets.load_split(config, "sft")
+    unlabelled = stage1.records[2].replace(labels=())
+    emotion_only = stage1.records[5].replace(dataset="FER2013", aus=())
+    records = list(stage1.records)
+    records[2], records[5] = unlabelled, emotion_only
+    source = [{**stage1.source[i], "record": record} for i, record in enumerate(records)]
+    real_load = datasets.load_split
+    monkeypatch.setattr(datasets, "load_split", lambda *args, **kwargs: datasets.LoadedSplit(
+        "sft", source, tuple(records), None, None, "8 records") if args[1] == "sft" else real_load(*args, **kwargs))
+    kept = sft.load_training_split(config, str(tmp_path))
+    assert [r.id for r in kept.records] == [r.id for i, r in enumerate(records) if i not in (2, 5)]
+    assert [kept.source[i]["record"] for i in range(len(kept))] == list(kept.records)
+
+    monkeypatch.setattr(datasets, "load_split", lambda *args, **kwargs: datasets.LoadedSplit(
+        "sft", source[:1], (unlabelled.replace(id="x"),), None, None, "1 record"))
+    with pytest.raises(ValueError, match="data.target = 'compact': the sft split .* holds no record"):
+        sft.load_training_split(config, str(tmp_path))
+
+
+def test_record_usability_for_compact_targets():
+    face = FEARecord(id="a", dataset="synthface", images=("a.png",), aus=(), labels=("neutral",))
+    assert sft.compact_record_usable(face)  # a neutral face of an AU-annotated set: "no AU" is a label
+    assert not sft.compact_record_usable(face.replace(labels=()))
+    assert not sft.compact_record_usable(face.replace(dataset="FER2013"))
+    assert sft.compact_record_usable(face.replace(dataset="FER2013", aus=("AU12",), labels=("happiness",)))
 
 
 @pytest.mark.parametrize("target", ["description", "compact"])
 def test_training_batches_carry_the_configured_reply(demo_config, tmp_path, target):
     config = demo_config.copy_and_resolve_references()
     config.data.target = target
-    config.sft.compact_records = "sft+rl"
     split = sft.load_training_split(config, str(tmp_path))
     tokenizer = tokenizer_lib.load_tokenizer()
     encoding = EncodingConfig.from_config(config)
