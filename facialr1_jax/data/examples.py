@@ -39,7 +39,7 @@ from facialr1_jax.data import chat
 from facialr1_jax.data import images as image_lib
 from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.fea.aus import sort_aus
-from facialr1_jax.fea.profiles import labels_for
+from facialr1_jax.fea.profiles import find_profile, labels_for
 from facialr1_jax.fea.prompts import VARIANTS, build_instruction
 from facialr1_jax.fea.records import FEARecord, resolve_image_path
 
@@ -208,11 +208,15 @@ def compact_target(record: FEARecord) -> str:
 
 
 def has_target(record: FEARecord, target: str) -> bool:
-    """Whether `record` carries what the `target` reply is built from (a description; a label)."""
+    """Whether `record` carries what a truthful `target` reply is built from: a description; or an
+    emotion label and an annotated AU set (an empty AU list of a data set without AU annotation
+    means "not annotated", not "no AU", so such a record has no compact target)."""
     if target == "description":
         return bool(record.description.strip())
     if target == "compact":
-        return record.label is not None
+        profile = find_profile(record.dataset)
+        annotated = bool(record.aus) or (profile is not None and profile.annotated_aus != ())
+        return record.label is not None and annotated
     raise ValueError(f"target {target!r} is not one of {TARGETS}")
 
 

@@ -145,23 +145,17 @@ def held_out_batches(split: datasets.LoadedSplit, tokenizer, encoding: EncodingC
     return batches
 
 
-def compact_record_usable(record) -> bool:
-    """Whether a record yields a truthful compact target: an emotion label and an annotated AU set
-    (an emotion-only record's empty AU list means "not annotated", not "no AU")."""
-    return record.label is not None and vision_warmup.has_au_annotation(record)
-
-
 def load_training_split(config: Any, workdir: str) -> datasets.LoadedSplit:
     """The stage 1 records SFT trains on for `data.target`.
 
     description: the "sft" split; a record without a description is a bad row (`data.on_error`).
     compact: the "sft" split's records with an emotion label and an annotated AU set
-    (`compact_record_usable`); an empty result is an error.
+    (`data.examples.has_target`); an empty result is an error.
     """
     if config.data.get("target", "description") == "description":
         return datasets.load_split(config, "sft", workdir=workdir, require_description=True)
     split = datasets.load_split(config, "sft", workdir=workdir)
-    keep = [i for i, record in enumerate(split.records) if compact_record_usable(record)]
+    keep = [i for i, record in enumerate(split.records) if has_target(record, "compact")]
     if not keep:
         raise ValueError(f"data.target = 'compact': the sft split ({split.summary}) holds no record with an "
                          f"emotion label and an annotated AU set")

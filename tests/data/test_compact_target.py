@@ -65,6 +65,10 @@ def test_a_face_without_aus_says_none_and_a_record_without_label_is_an_error():
     with pytest.raises(ValueError, match="record 'r7' has no emotion label"):
         examples.compact_target(_record(labels=()))
     assert not examples.has_target(_record(labels=()), "compact")
+    neutral = _record(aus=(), labels=("neutral",))
+    assert examples.has_target(neutral, "compact")  # a face of an AU-annotated set: "no AU" is a label
+    assert not examples.has_target(neutral.replace(dataset="FER2013"), "compact")  # emotion-only set
+    assert examples.has_target(neutral.replace(dataset="FER2013", aus=("AU12",)), "compact")
     assert examples.has_target(_record(description=""), "compact")
     assert not examples.has_target(_record(description=" "), "description")
 

@@ -11,7 +11,6 @@ from facialr1_jax import models
 from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.data.examples import EncodingConfig, compact_target
-from facialr1_jax.fea.records import FEARecord
 from facialr1_jax.train import sft
 
 
@@ -51,14 +50,6 @@ def test_compact_targets_train_on_the_labelled_stage1_records(demo_config, tmp_p
         "sft", source[:1], (unlabelled.replace(id="x"),), None, None, "1 record"))
     with pytest.raises(ValueError, match="data.target = 'compact': the sft split .* holds no record"):
         sft.load_training_split(config, str(tmp_path))
-
-
-def test_record_usability_for_compact_targets():
-    face = FEARecord(id="a", dataset="synthface", images=("a.png",), aus=(), labels=("neutral",))
-    assert sft.compact_record_usable(face)  # a neutral face of an AU-annotated set: "no AU" is a label
-    assert not sft.compact_record_usable(face.replace(labels=()))
-    assert not sft.compact_record_usable(face.replace(dataset="FER2013"))
-    assert sft.compact_record_usable(face.replace(dataset="FER2013", aus=("AU12",), labels=("happiness",)))
 
 
 @pytest.mark.parametrize("target", ["description", "compact"])
