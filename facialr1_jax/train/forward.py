@@ -23,7 +23,8 @@ A GRPO micro-batch in the shared-prompt layout (`train.grpo_batch`) holds its B 
 the R = B * G completions that follow them, rows ordered [prompt0 x G, ...]:
     prompt_ids int32 [B, P], prompt_attention_mask bool [B, P], prompt_position_ids int32 [B, 3, P]
     completion_ids int32 [R, T], completion_mask f32 [R, T], completion_position_ids int32 [R, 3, T]
-with "vision" packing the B prompts' images (`shared_prompt_completion_log_probs` reads it).
+with "vision" packing the B prompts' images in prompt order (no feature_offsets: the placeholders
+read them row-major).
 Position ids travel example-major ([B, 3, L]) so that every per-example leaf splits on axis 0 over
 the batch mesh axes; they are transposed to the model's (3, B, L) here.
 """
@@ -105,13 +106,12 @@ def shared_prompt_completion_log_probs(model, micro_batch: dict, chunk_size: int
     column), token j > 0 at completion position j - 1.
     """
     pixel_values, plan = vision_inputs(micro_batch)
-    feature_offsets = (micro_batch.get("vision") or {}).get(FEATURE_OFFSETS)
     completion_ids = micro_batch["completion_ids"]
     prompt_hidden, completion_hidden = model.shared_prompt_hidden(
         micro_batch[SHARED_PROMPT_IDS], jnp.moveaxis(micro_batch["prompt_position_ids"], 1, 0),
         micro_batch["prompt_attention_mask"], completion_ids,
         jnp.moveaxis(micro_batch["completion_position_ids"], 1, 0), micro_batch["completion_mask"] > 0,
-        pixel_values=pixel_values, plan=plan, feature_offsets=feature_offsets)
+        pixel_values=pixel_values, plan=plan)
     samples = completion_ids.shape[0] // prompt_hidden.shape[0]
     first = jnp.repeat(prompt_hidden[:, -1:], samples, axis=0)
     predicting = jnp.concatenate([first, completion_hidden[:, :-1]], axis=1)

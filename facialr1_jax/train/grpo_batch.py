@@ -200,7 +200,11 @@ def shared_prompt_batch(prompts: dict, prompt_pixel_values: Sequence[np.ndarray]
     batch.update({name: value.reshape(num_micro_batches, -1, *value.shape[1:]) for name, value in row_level.items()})
     if len(prompt_pixel_values) and sum(int(p.shape[0]) for p in prompt_pixel_values):
         prompt_index = np.arange(num_prompts).reshape(num_micro_batches, per_micro_prompts)
-        batch["vision"] = shared_prompt_vision(prompt_pixel_values, prompt_grids, prompt_index, model_config)
+        vision = shared_prompt_vision(prompt_pixel_values, prompt_grids, prompt_index, model_config)
+        # One row per prompt, packed in row order: the placeholders read the images row-major, so the
+        # offsets (each row's exclusive cumulative feature count) say nothing new.
+        del vision["feature_offsets"]
+        batch["vision"] = vision
     return batch
 
 

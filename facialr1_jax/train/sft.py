@@ -3,7 +3,7 @@
     python launch/train.py --config=configs/sft.py --workdir=W
 
 `run_sft(config, workdir)`:
-  1. data: the "sft" split (records with a description; `load_training_split` for compact targets)
+  1. data: the "sft" split (records with a description; `load_stage1_splits` for compact targets)
      and the "test" split for held-out loss and greedy evaluation (`data.datasets.load_split`),
      streamed by a grain pipeline;
   2. model: fresh from `model.preset`, or `model.checkpoint` (a Hugging Face folder or another
@@ -145,28 +145,29 @@ def held_out_batches(split: datasets.LoadedSplit, tokenizer, encoding: EncodingC
     return batches
 
 
-def load_training_split(config: Any, workdir: str) -> datasets.LoadedSplit:
-    """The stage 1 records SFT trains on for `data.target`.
+def load_stage1_splits(config: Any, workdir: str, target: str) -> tuple[datasets.LoadedSplit, datasets.LoadedSplit]:
+    """(the "sft" split, the records of it SFT trains on for `target`), the split read once.
 
-    description: the "sft" split; a record without a description is a bad row (`data.on_error`).
-    compact: the "sft" split's records with an emotion label and an annotated AU set
-    (`data.examples.has_target`); an empty result is an error.
+    description: both are the "sft" split; a record without a description is a bad row (`data.on_error`).
+    compact: the split's records with an emotion label and an annotated AU set (`data.examples.has_target`);
+    an empty result is an error. The vision warm-up takes the first (the same faces whatever the target).
     """
-    if config.data.get("target", "description") == "description":
-        return datasets.load_split(config, "sft", workdir=workdir, require_description=True)
+    if target == "description":
+        split = datasets.load_split(config, "sft", workdir=workdir, require_description=True)
+        return split, split
     split = datasets.load_split(config, "sft", workdir=workdir)
-    keep = [i for i, record in enumerate(split.records) if has_target(record, "compact")]
+    keep = [i for i, record in enumerate(split.records) if has_target(record, target)]
     if not keep:
         raise ValueError(f"data.target = 'compact': the sft split ({split.summary}) holds no record with an "
                          f"emotion label and an annotated AU set")
     if len(keep) == len(split.records):
-        return split
+        return split, split
     _log.info("compact targets: %d of %d stage 1 records have an emotion label and an annotated AU set",
               len(keep), len(split.records))
-    return datasets.LoadedSplit(name=split.name, source=datasets.Subset(split.source, keep),
-                                records=tuple(split.records[i] for i in keep), image_root=split.image_root,
-                                report_path=split.report_path,
-                                summary=f"{split.summary}; {len(split.records) - len(keep)} without a compact target")
+    return split, datasets.LoadedSplit(
+        name=split.name, source=datasets.Subset(split.source, keep), records=tuple(split.records[i] for i in keep),
+        image_root=split.image_root, report_path=split.report_path,
+        summary=f"{split.summary}; {len(split.records) - len(keep)} without a compact target")
 
 
 def load_test_split(config: Any, workdir: str) -> datasets.LoadedSplit | None:
@@ -237,7 +238,7 @@ def run_sft(config: Any, workdir: str) -> dict:
     model, tokenizer, model_meta = build_model(config, mesh)
     encoding = EncodingConfig.from_config(config)
 
-    train_split = load_training_split(config, workdir)
+    stage1_split, train_split = load_stage1_splits(config, workdir, encoding.target)
     test_split = load_test_split(config, workdir)
     total_steps = total_steps_for(config, len(train_split))
     num_micro = micro_batch_count(config)
@@ -247,10 +248,8 @@ def run_sft(config: Any, workdir: str) -> dict:
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
                                                async_save=bool(config.checkpoint.async_save))
     latest = checkpointer.latest_step()
-    # The vision warm-up sees the stage 1 faces, then the stage 2 ones, whatever the SFT target: the same
+    # The vision warm-up sees all stage 1 faces, then the stage 2 ones, whatever the SFT target: the same
     # faces in the same order give the same tower.
-    stage1_split = (train_split if encoding.target == "description"
-                    else datasets.load_split(config, "sft", workdir=workdir))
     warmup_result = maybe_warm_up_vision(config, model, stage1_split, test_split, workdir=workdir, mesh=mesh,
                                          resuming=latest is not None, is_main=is_main)
 

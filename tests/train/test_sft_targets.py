@@ -1,4 +1,4 @@
-"""What SFT trains on for each `data.target`: the training records (`sft.load_training_split`) and the
+"""What SFT trains on for each `data.target`: the training records (`sft.load_stage1_splits`) and the
 replies in the batches the training pipeline builds from them."""
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ def demo_config(tmp_path_factory):
 
 def test_compact_targets_train_on_the_labelled_stage1_records(demo_config, tmp_path, monkeypatch):
     config = demo_config.copy_and_resolve_references()
-    description = sft.load_training_split(config, str(tmp_path))
+    stage1, description = sft.load_stage1_splits(config, str(tmp_path), "description")
+    assert stage1 is description
     assert len(description) == 8 and all(r.description for r in description.records)
 
     config.data.target = "compact"
-    compact = sft.load_training_split(config, str(tmp_path))
+    _, compact = sft.load_stage1_splits(config, str(tmp_path), "compact")
     assert [r.id for r in compact.records] == [r.id for r in description.records]
 
     # Records without a label, or from an emotion-only data set (whose empty AU list means "not
@@ -42,21 +43,22 @@ def test_compact_targets_train_on_the_labelled_stage1_records(demo_config, tmp_p
     real_load = datasets.load_split
     monkeypatch.setattr(datasets, "load_split", lambda *args, **kwargs: datasets.LoadedSplit(
         "sft", source, tuple(records), None, None, "8 records") if args[1] == "sft" else real_load(*args, **kwargs))
-    kept = sft.load_training_split(config, str(tmp_path))
+    whole, kept = sft.load_stage1_splits(config, str(tmp_path), "compact")
+    assert list(whole.records) == records  # the vision warm-up still sees every stage 1 face
     assert [r.id for r in kept.records] == [r.id for i, r in enumerate(records) if i not in (2, 5)]
     assert [kept.source[i]["record"] for i in range(len(kept))] == list(kept.records)
 
     monkeypatch.setattr(datasets, "load_split", lambda *args, **kwargs: datasets.LoadedSplit(
         "sft", source[:1], (unlabelled.replace(id="x"),), None, None, "1 record"))
     with pytest.raises(ValueError, match="data.target = 'compact': the sft split .* holds no record"):
-        sft.load_training_split(config, str(tmp_path))
+        sft.load_stage1_splits(config, str(tmp_path), "compact")
 
 
 @pytest.mark.parametrize("target", ["description", "compact"])
 def test_training_batches_carry_the_configured_reply(demo_config, tmp_path, target):
     config = demo_config.copy_and_resolve_references()
     config.data.target = target
-    split = sft.load_training_split(config, str(tmp_path))
+    _, split = sft.load_stage1_splits(config, str(tmp_path), target)
     tokenizer = tokenizer_lib.load_tokenizer()
     encoding = EncodingConfig.from_config(config)
     dataset = pipeline.sft_dataset(split.source, tokenizer, encoding, models.get_preset("demo"), seed=0,

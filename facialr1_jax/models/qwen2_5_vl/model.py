@@ -97,33 +97,32 @@ class Qwen2_5_VL(nnx.Module):
         feature_offsets (int [B], optional): the first merged image-feature row each row's placeholders
         read (see `embed`); None fills placeholders in row-major order over the batch.
         """
-        features = None
-        if pixel_values is not None:
-            if plan is None:
-                raise ValueError("pixel_values given without a vision plan (see vision_plan)")
-            features = self.encode_images(pixel_values, plan)
-        elif feature_offsets is not None:
+        if pixel_values is None and feature_offsets is not None:
             raise ValueError("feature_offsets given without pixel_values: there are no image features to read")
-        embeds = self.embed(input_ids, features, feature_offsets)
+        embeds = self.embed(input_ids, self._image_features(pixel_values, plan), feature_offsets)
         return self.forward_embeds(embeds, position_ids, attention_mask, cache, cache_index, return_hidden)
 
     def shared_prompt_hidden(self, prompt_ids: jax.Array, prompt_positions: jax.Array, prompt_mask: jax.Array,
                              completion_ids: jax.Array, completion_positions: jax.Array, completion_mask: jax.Array,
-                             pixel_values: jax.Array | None = None, plan: VisionPlan | None = None,
-                             feature_offsets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                             pixel_values: jax.Array | None = None, plan: VisionPlan | None = None
+                             ) -> tuple[jax.Array, jax.Array]:
         """Final hidden states of B prompts (B, P, hidden) and of the R = B * G completions that follow
         them (R, L, hidden), each prompt (and its image) computed once for its G completions
         (`text.LanguageModel.shared_prompt_forward`). prompt_positions (3, B, P), completion_positions
-        (3, R, L); the images are the prompts' (`embed` fills the prompts' placeholders)."""
-        features = None
-        if pixel_values is not None:
-            if plan is None:
-                raise ValueError("pixel_values given without a vision plan (see vision_plan)")
-            features = self.encode_images(pixel_values, plan)
-        prompt_embeds = self.embed(prompt_ids, features, feature_offsets)
+        (3, R, L); the images are the prompts', packed in prompt order (`embed` fills the prompts'
+        placeholders row by row)."""
+        prompt_embeds = self.embed(prompt_ids, self._image_features(pixel_values, plan))
         completion_embeds = self.language_model.embed_ids(completion_ids)
         return self.language_model.shared_prompt_forward(prompt_embeds, prompt_positions, prompt_mask,
                                                          completion_embeds, completion_positions, completion_mask)
+
+    def _image_features(self, pixel_values: jax.Array | None, plan: VisionPlan | None) -> jax.Array | None:
+        """encode_images, or None without images."""
+        if pixel_values is None:
+            return None
+        if plan is None:
+            raise ValueError("pixel_values given without a vision plan (see vision_plan)")
+        return self.encode_images(pixel_values, plan)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits from final hidden states (the tied embedding when tie_word_embeddings)."""
