@@ -23,6 +23,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     # (`<think>AU6, AU12</think>\n<answer>happiness</answer>` built from the labels: data/examples.py).
     c.data.target = "description"
     c.sft.loss_on = "assistant"  # assistant (reply tokens only, the default) | all (every non-pad, non-image token, as the reference).
+    # Share of training examples (drawn per example and epoch) whose prompt is the stage 3 synthesis prompt
+    # with the record's own ground truth (labels/AUs), the reply unchanged: teaches a from-scratch model to
+    # follow that prompt, as a pretrained instruct VLM does without it. Synthesis prompts are longer:
+    # data.max_prompt_tokens must hold them.
+    c.sft.synthesis_prompt_share = 0.0
     c.sft.eval_every_steps = 0  # Held-out loss (and greedy format/accuracy) every N steps; 0 = only at the end.
     c.sft.eval_num_examples = 64  # Held-out examples for the loss and the periodic greedy evaluation (0 = all).
     c.sft.final_eval_num_examples = 0  # Held-out examples for the final greedy evaluation (0 = the whole test split).

@@ -98,6 +98,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sft.eval_max_new_tokens": (_positive, "> 0"),
     "sft.final_eval_num_examples": (_non_negative, ">= 0 (0 = the whole test split)"),
     "sft.eval_batch_size": (_positive, "> 0"),
+    "sft.synthesis_prompt_share": (_probability, "in [0, 1]"),
     "sft.vision_warmup_steps": (_non_negative, ">= 0 (0 = off)"),
     "sft.vision_warmup_batch_size": (_positive, "> 0"),
     "sft.vision_warmup_lr": (_positive, "> 0"),

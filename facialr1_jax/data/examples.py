@@ -17,6 +17,14 @@ Which text the reply is (`EncodingConfig.target`):
                  the image, so a from-scratch language model learns to read the image tokens from it
                  far sooner than from a long description whose template dominates the loss.
 
+Which instruction the prompt carries: the task instruction, or for a share of the SFT examples
+(`EncodingConfig.synthesis_prompt_share`, drawn per example and epoch) the stage 3 synthesis
+instruction with the record's own ground truth (`synthesis_instruction`), the reply unchanged. A
+pretrained VLM follows such a prompt out of the box; a from-scratch demo model learns to from these
+examples, so that stage 3 can then annotate new records with the labels it is given. Stage 2 records
+carry both labels or only one (AU-only and emotion-only sources), so a record with both shows both,
+only its AUs or only its emotion, drawn with equal odds.
+
 Which tokens are trained on (`EncodingConfig.loss_on`):
   "assistant"  the reply and its end-of-turn token (the usual choice; the default);
   "all"        every token except image placeholders, as the reference code does (it masks only
@@ -40,7 +48,7 @@ from facialr1_jax.data import images as image_lib
 from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.fea.aus import sort_aus
 from facialr1_jax.fea.profiles import find_profile, labels_for
-from facialr1_jax.fea.prompts import VARIANTS, build_instruction
+from facialr1_jax.fea.prompts import VARIANTS, build_instruction, build_synthesis_instruction
 from facialr1_jax.fea.records import FEARecord, resolve_image_path
 
 LOSS_ON = ("assistant", "all")
@@ -59,6 +67,7 @@ class EncodingConfig:
     max_target_tokens: int = 160
     loss_on: str = "assistant"
     target: str = "description"
+    synthesis_prompt_share: float = 0.0  # SFT examples whose prompt is the synthesis prompt (module doc)
 
     def __post_init__(self):
         if self.prompt_variant not in VARIANTS:
@@ -67,6 +76,8 @@ class EncodingConfig:
             raise ValueError(f"loss_on {self.loss_on!r} is not one of {LOSS_ON}")
         if self.target not in TARGETS:
             raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
+        if not 0.0 <= self.synthesis_prompt_share <= 1.0:
+            raise ValueError(f"synthesis_prompt_share {self.synthesis_prompt_share} is not within [0, 1]")
 
     @property
     def max_length(self) -> int:
@@ -75,10 +86,11 @@ class EncodingConfig:
 
     @classmethod
     def from_config(cls, config: Any) -> "EncodingConfig":
-        """From a run config: the `data` section (its `target` when present), and `sft.loss_on` when
-        the config has one."""
+        """From a run config: the `data` section (its `target` when present), and `sft.loss_on` and
+        `sft.synthesis_prompt_share` when the config has them."""
         data = config.data
         loss_on = config.sft.loss_on if "sft" in config else "assistant"
+        share = float(config.sft.get("synthesis_prompt_share", 0.0)) if "sft" in config else 0.0
         target = data.get("target", "description")
         return cls(
             prompt_variant=data.prompt_variant,
@@ -87,6 +99,7 @@ class EncodingConfig:
             max_target_tokens=int(data.max_target_tokens),
             loss_on=loss_on,
             target=target,
+            synthesis_prompt_share=share,
         )
 
 
@@ -166,6 +179,16 @@ def default_instruction(record: FEARecord, prompt_variant: str) -> str:
     return build_instruction(record.question, labels_for(record.dataset), prompt_variant)
 
 
+def synthesis_instruction(record: FEARecord, prompt_variant: str, *, show_aus: bool = True,
+                          show_label: bool = True) -> str:
+    """The stage 3 instruction for a record: the task instruction plus its ground truth (AUs and
+    label, whichever it has; `show_aus` / `show_label` False leave one out, as for a record of an
+    emotion-only or AU-only source)."""
+    return build_synthesis_instruction(record.question, labels_for(record.dataset),
+                                       record.aus if show_aus else (), record.label if show_label else None,
+                                       prompt_variant)
+
+
 def encode_prompt_example(
     record: FEARecord,
     tokenizer: Any,
@@ -238,11 +261,13 @@ def encode_sft_example(
     *,
     images: Sequence[image_lib.ImageSource] | None = None,
     image_root: str | None = None,
+    instruction: str | None = None,
 ) -> TrainExample:
     """Encodes prompt + the target text of `encoding.target` + end-of-turn, with the label mask of
-    `encoding.loss_on`."""
+    `encoding.loss_on`. instruction: the user-turn text (None = the task instruction)."""
     reply_text = target_text(record, encoding.target)
-    prompt = encode_prompt_example(record, tokenizer, encoding, images=images, image_root=image_root)
+    prompt = encode_prompt_example(record, tokenizer, encoding, images=images, image_root=image_root,
+                                   instruction=instruction)
     reply = np.asarray(chat.encode_completion(tokenizer, reply_text), np.int32)
     truncated = len(reply) > encoding.max_target_tokens
     reply = reply[: encoding.max_target_tokens]

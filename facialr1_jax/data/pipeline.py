@@ -23,6 +23,7 @@ import os
 from typing import Any, Sequence
 
 import grain
+import numpy as np
 
 from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.data.batching import SFTCollator
@@ -32,6 +33,7 @@ from facialr1_jax.data.examples import (
     TrainExample,
     encode_prompt_example,
     encode_sft_example,
+    synthesis_instruction,
 )
 from facialr1_jax.models import Qwen2_5_VLConfig
 
@@ -49,13 +51,22 @@ def element_images(element: dict) -> Sequence[Any]:
 
 @dataclasses.dataclass(frozen=True)
 class EncodeSFT:
-    """grain map: source element -> TrainExample (picklable, runs in workers)."""
+    """grain map: source element -> TrainExample (picklable, runs in workers). As a random map (`rng`
+    given), a share `encoding.synthesis_prompt_share` of the examples get the synthesis prompt."""
 
     tokenizer: Any
     encoding: EncodingConfig
 
-    def __call__(self, element: dict) -> TrainExample:
-        return encode_sft_example(element["record"], self.tokenizer, self.encoding, images=element_images(element))
+    def __call__(self, element: dict, rng: np.random.Generator | None = None) -> TrainExample:
+        record = element["record"]
+        instruction = None
+        if rng is not None and rng.random() < self.encoding.synthesis_prompt_share:
+            # Both labels, the AUs only or the emotion only (examples module doc); a record with one shows it.
+            shown = int(rng.integers(3)) if record.aus and record.label else 0
+            instruction = synthesis_instruction(record, self.encoding.prompt_variant, show_aus=shown != 2,
+                                                show_label=shown != 1)
+        return encode_sft_example(record, self.tokenizer, self.encoding, images=element_images(element),
+                                  instruction=instruction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +109,11 @@ def sft_dataset(
     dataset = dataset.repeat(num_epochs)
     collate = SFTCollator(model_config=model_config, num_micro_batches=num_micro_batches,
                           max_length=encoding.max_length, pad_id=pad_id_of(tokenizer))
-    return dataset.map(EncodeSFT(tokenizer, encoding)).batch(batch_size, drop_remainder=True, batch_fn=collate)
+    encode = EncodeSFT(tokenizer, encoding)
+    # The prompt choice is drawn from (seed, position in the endless stream): per example and epoch,
+    # and the same again after a resume.
+    dataset = dataset.random_map(encode) if encoding.synthesis_prompt_share > 0 else dataset.map(encode)
+    return dataset.batch(batch_size, drop_remainder=True, batch_fn=collate)
 
 
 def make_iterator(

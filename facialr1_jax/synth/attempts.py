@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from facialr1_jax.data.chat import QWEN_SPECIAL_TOKENS
-from facialr1_jax.fea.profiles import labels_for
-from facialr1_jax.fea.prompts import build_feedback, build_instruction, build_synthesis_instruction
+from facialr1_jax.data.examples import default_instruction, synthesis_instruction
+from facialr1_jax.fea.prompts import build_feedback
 from facialr1_jax.fea.records import FEARecord
 
 
@@ -76,9 +76,7 @@ class RecordJob:
         return self.accepted is not None or self.given_up is not None
 
     def base_instruction(self, variant: str) -> str:
-        record = self.record
-        return build_synthesis_instruction(record.question, labels_for(record.dataset), record.aus, record.label,
-                                           variant)
+        return synthesis_instruction(self.record, variant)
 
     def feedback_sections(self, history: int) -> list[str]:
         """Feedback of the rejected attempts, oldest first; only the latest `history` (0 = all)."""
@@ -97,7 +95,7 @@ class RecordJob:
         if mode not in PROMPT_MODES:
             raise ValueError(f"prompt mode {mode!r} is not one of {PROMPT_MODES}")
         if mode == "task":
-            text = build_instruction(self.record.question, labels_for(self.record.dataset), variant)
+            text = default_instruction(self.record, variant)
             return (text, 0) if fits(text) else (None, 0)
         base = self.base_instruction(variant)
         sections = self.feedback_sections(history)
