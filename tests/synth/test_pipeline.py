@@ -116,6 +116,10 @@ def test_rounds_chain_models_and_grow_the_sft_set(tmp_path):
     assert sft2.data.source == "jsonl" and sft2.data.train_jsonl == str(workdir / "round-2" / "train.jsonl")
     assert sft2.data.eval_jsonl == files.test and sft2.data.image_root == files.image_root
     assert sft2.sft.num_steps == config.pipeline.sft_steps_per_round and sft2.optimizer.lr == config.pipeline.sft_lr
+    # Both rounds' SFT trains the demo model on synthesis prompts too, with their longer prompt budget.
+    share = config.warm_start.sft.synthesis_prompt_share
+    assert share > 0 and sft1.sft.synthesis_prompt_share == sft2.sft.synthesis_prompt_share == share
+    assert sft1.data.max_prompt_tokens == sft2.data.max_prompt_tokens == config.data.max_prompt_tokens
     train2 = read_jsonl(workdir / "round-2" / "train.jsonl").records
     assert [r.id for r in train2] == [r.id for r in seed] + sorted(round1)
     assert all(r.description for r in train2)
