@@ -47,16 +47,18 @@ def summarize(workdir: str, min_accepted: int) -> dict:
     while os.path.exists(os.path.join(workdir, f"round-{round_number}", ROUND_FILE)):
         with open(os.path.join(workdir, f"round-{round_number}", ROUND_FILE), encoding="utf-8") as stream:
             row = json.load(stream)
-        check = reverify(os.path.join(workdir, f"round-{round_number}", "synth"))
         synthesis = row.get("synthesis") or {}
+        # A round without synthesis (the last one under pipeline.final_synthesis = False) has nothing to check.
+        check = reverify(os.path.join(workdir, f"round-{round_number}", "synth")) if synthesis else None
         rows.append({"round": round_number, "model": row.get("model"), "sft_records": row.get("sft_records"),
                      "annotated": synthesis.get("annotated"), "accepted": synthesis.get("accepted"),
-                     "yield": synthesis.get("yield"), "oracle_ok": check.ok, "oracle_failures": len(check.failures),
-                     **(row.get("eval") or {})})
+                     "yield": synthesis.get("yield"), "oracle_ok": None if check is None else check.ok,
+                     "oracle_failures": None if check is None else len(check.failures), **(row.get("eval") or {})})
         round_number += 1
     criteria = {
         "round1_accepts_enough": bool(rows) and (rows[0]["accepted"] or 0) >= min_accepted,
-        "all_accepted_pass_oracle": bool(rows) and all(row["oracle_ok"] for row in rows),
+        "all_accepted_pass_oracle": bool(rows) and all(row["oracle_ok"] is not False for row in rows)
+        and rows[0]["oracle_ok"] is True,
         "round2_at_least_as_accurate": len(rows) >= 2 and rows[1].get("emotion_accuracy") is not None
         and rows[1]["emotion_accuracy"] >= rows[0]["emotion_accuracy"],
     }
