@@ -177,6 +177,8 @@ def sft_config(config: Any, round_number: int, *, previous_model: str | None, fi
     c.sft.num_epochs = 0.0
     if float(config.pipeline.sft_lr) > 0:
         c.optimizer.lr = float(config.pipeline.sft_lr)
+    if float(config.pipeline.sft_synthesis_prompt_share) >= 0:
+        c.sft.synthesis_prompt_share = float(config.pipeline.sft_synthesis_prompt_share)
     return c
 
 
@@ -358,6 +360,7 @@ _PIPELINE_RULES = {
     "sft_steps_per_round": (lambda v: v >= 1, ">= 1"),
     "grpo_steps_per_round": (lambda v: v >= 0, ">= 0"),
     "sft_lr": (lambda v: v >= 0, ">= 0 (0 = warm_start's learning rate)"),
+    "sft_synthesis_prompt_share": (lambda v: v < 0 or v <= 1, "in [0, 1] (< 0 = warm_start's share)"),
     "eval_num_examples": (lambda v: v >= 0, ">= 0 (0 = the whole test split)"),
 }
 

@@ -116,9 +116,11 @@ def test_rounds_chain_models_and_grow_the_sft_set(tmp_path):
     assert sft2.data.source == "jsonl" and sft2.data.train_jsonl == str(workdir / "round-2" / "train.jsonl")
     assert sft2.data.eval_jsonl == files.test and sft2.data.image_root == files.image_root
     assert sft2.sft.num_steps == config.pipeline.sft_steps_per_round and sft2.optimizer.lr == config.pipeline.sft_lr
-    # Both rounds' SFT trains the demo model on synthesis prompts too, with their longer prompt budget.
-    share = config.warm_start.sft.synthesis_prompt_share
-    assert share > 0 and sft1.sft.synthesis_prompt_share == sft2.sft.synthesis_prompt_share == share
+    # Both rounds' SFT trains the demo model on synthesis prompts too (round 1 with warm_start's share, later
+    # rounds with the per-round one), with their longer prompt budget.
+    assert 0 < config.pipeline.sft_synthesis_prompt_share < config.warm_start.sft.synthesis_prompt_share
+    assert sft1.sft.synthesis_prompt_share == config.warm_start.sft.synthesis_prompt_share
+    assert sft2.sft.synthesis_prompt_share == config.pipeline.sft_synthesis_prompt_share
     assert sft1.data.max_prompt_tokens == sft2.data.max_prompt_tokens == config.data.max_prompt_tokens
     train2 = read_jsonl(workdir / "round-2" / "train.jsonl").records
     assert [r.id for r in train2] == [r.id for r in seed] + sorted(round1)
@@ -202,6 +204,7 @@ def test_initial_checkpoint_replaces_round_one_training(tmp_path):
     [
         ("pipeline", "sft_steps_per_round", 0, "config.pipeline.sft_steps_per_round = 0 must be >= 1"),
         ("pipeline", "sft_lr", -1.0, "config.pipeline.sft_lr = -1.0 must be >= 0"),
+        ("pipeline", "sft_synthesis_prompt_share", 1.5, "config.pipeline.sft_synthesis_prompt_share = 1.5 must be in [0, 1]"),
         ("pipeline", "initial_checkpoint", "/no/such/model", "config.pipeline.initial_checkpoint: checkpoint path"),
         ("synth", "check_aus", "most", "config.synth.check_aus = 'most' is not one of exact, f1, off"),
         ("data", "source", "tfds", "data.source must be builtin or jsonl"),
@@ -227,3 +230,14 @@ def test_final_synthesis_can_be_skipped(tmp_path):
     assert fake.of("eval", 2) == [str(tmp_path / "run" / "round-2" / "grpo")]
     assert result["rounds"][1]["synthesis"] is None
     assert "| 2 | " in (tmp_path / "run" / "rounds.md").read_text()
+
+
+def test_later_rounds_take_warm_start_share_when_none_is_set(tmp_path):
+    config = _config(tmp_path)
+    config.pipeline.sft_synthesis_prompt_share = -1.0
+    files = pipeline.data_files(config)
+    later = pipeline.sft_config(config, 2, previous_model="m", files=files, train_file="t.jsonl")
+    assert later.sft.synthesis_prompt_share == config.warm_start.sft.synthesis_prompt_share
+    config.pipeline.sft_synthesis_prompt_share = 0.0
+    assert pipeline.sft_config(config, 2, previous_model="m", files=files,
+                               train_file="t.jsonl").sft.synthesis_prompt_share == 0.0
