@@ -34,3 +34,18 @@ def _load_benchmark(name: str):
 def load_benchmark():
     """Loads a script of benchmarks/ by name, e.g. `load_benchmark("synthface_probe")`."""
     return _load_benchmark
+
+
+@pytest.fixture(scope="session")
+def small_demo_sft_config(tmp_path_factory):
+    """Builds configs/sft.py's demo config over a fresh built-in data set of (sft, rl, test) records."""
+
+    def build(num_sft: int, num_rl: int, num_test: int):
+        import configs.sft
+
+        config = configs.sft.get_config()
+        config.data.builtin_dir = str(tmp_path_factory.mktemp("demo"))
+        config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = num_sft, num_rl, num_test
+        return config
+
+    return build

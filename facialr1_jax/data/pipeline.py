@@ -51,16 +51,16 @@ def element_images(element: dict) -> Sequence[Any]:
 
 @dataclasses.dataclass(frozen=True)
 class EncodeSFT:
-    """grain map: source element -> TrainExample (picklable, runs in workers). As a random map (`rng`
-    given), a share `encoding.synthesis_prompt_share` of the examples get the synthesis prompt."""
+    """grain random map: source element -> TrainExample (picklable, runs in workers); a share
+    `encoding.synthesis_prompt_share` of the examples get the synthesis prompt."""
 
     tokenizer: Any
     encoding: EncodingConfig
 
-    def __call__(self, element: dict, rng: np.random.Generator | None = None) -> TrainExample:
+    def __call__(self, element: dict, rng: np.random.Generator) -> TrainExample:
         record = element["record"]
         instruction = None
-        if rng is not None and rng.random() < self.encoding.synthesis_prompt_share:
+        if rng.random() < self.encoding.synthesis_prompt_share:
             # Both labels, the AUs only or the emotion only (examples module doc); a record with one shows it.
             shown = int(rng.integers(3)) if record.aus and record.label else 0
             instruction = synthesis_instruction(record, self.encoding.prompt_variant, show_aus=shown != 2,
@@ -109,10 +109,9 @@ def sft_dataset(
     dataset = dataset.repeat(num_epochs)
     collate = SFTCollator(model_config=model_config, num_micro_batches=num_micro_batches,
                           max_length=encoding.max_length, pad_id=pad_id_of(tokenizer))
-    encode = EncodeSFT(tokenizer, encoding)
     # The prompt choice is drawn from (seed, position in the endless stream): per example and epoch,
     # and the same again after a resume.
-    dataset = dataset.random_map(encode) if encoding.synthesis_prompt_share > 0 else dataset.map(encode)
+    dataset = dataset.random_map(EncodeSFT(tokenizer, encoding))
     return dataset.batch(batch_size, drop_remainder=True, batch_fn=collate)
 
 

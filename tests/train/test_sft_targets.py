@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import configs.sft
 from facialr1_jax import models
 from facialr1_jax.data import batching, datasets, pipeline
 from facialr1_jax.data import tokenizer as tokenizer_lib
@@ -15,11 +14,8 @@ from facialr1_jax.train import sft
 
 
 @pytest.fixture(scope="module")
-def demo_config(tmp_path_factory):
-    config = configs.sft.get_config()
-    config.data.builtin_dir = str(tmp_path_factory.mktemp("demo"))
-    config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = 8, 2, 4
-    return config
+def demo_config(small_demo_sft_config):
+    return small_demo_sft_config(8, 2, 4)
 
 
 def test_compact_targets_train_on_the_labelled_stage1_records(demo_config, tmp_path, monkeypatch):

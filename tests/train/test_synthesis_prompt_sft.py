@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import configs.sft
 from facialr1_jax import config_validation, models
 from facialr1_jax.data import batching, pipeline
 from facialr1_jax.data import tokenizer as tokenizer_lib
@@ -19,10 +18,8 @@ USER_TURN_END = "<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory):
-    config = configs.sft.get_config()
-    config.data.builtin_dir = str(tmp_path_factory.mktemp("demo"))
-    config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = 8, 2, 4
+def stage1(small_demo_sft_config, tmp_path_factory):
+    config = small_demo_sft_config(8, 2, 4)
     config.data.max_prompt_tokens = 352  # synthesis prompts are longer than the task prompt
     _, split = sft.load_stage1_splits(config, str(tmp_path_factory.mktemp("work")), "description")
     return config, split

@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-import configs.sft
 from facialr1_jax import models
 from facialr1_jax.data import datasets
 from facialr1_jax.data import images as image_lib
@@ -26,11 +25,8 @@ IMAGE_CONFIG = image_lib.ImageConfig(min_pixels=56 * 56, max_pixels=112 * 112)
 
 
 @pytest.fixture(scope="module")
-def demo_config(tmp_path_factory):
-    config = configs.sft.get_config()
-    config.data.builtin_dir = str(tmp_path_factory.mktemp("demo"))
-    config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = 8, 24, 8
-    return config
+def demo_config(small_demo_sft_config):
+    return small_demo_sft_config(8, 24, 8)
 
 
 @pytest.fixture(scope="module")
