@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from facialr1_jax.models.qwen2_5_vl import head_log_probs
 from facialr1_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from facialr1_jax.models.qwen2_5_vl.layers import Projection
 from facialr1_jax.models.qwen2_5_vl.positions import multimodal_position_ids
@@ -135,19 +136,22 @@ class Qwen2_5_VL(nnx.Module):
 
     def token_log_probs(self, hidden: jax.Array, target_ids: jax.Array, chunk_size: int = 128) -> jax.Array:
         """log p(target_ids) (B, L) float32 from hidden states (B, L, hidden), never holding more than
-        (B, chunk_size, vocab) logits at once, also in the backward pass (each chunk is rematerialised)."""
+        (B, chunk_size, vocab) logits at once, also in the backward pass (each chunk's logits are
+        recomputed there; `head_log_probs` has the hand-written gradient)."""
         batch, length = target_ids.shape
         chunk = max(1, min(chunk_size, length))
         padded = -(-length // chunk) * chunk
         hidden = jnp.pad(hidden, ((0, 0), (0, padded - length), (0, 0)))
         targets = jnp.pad(target_ids, ((0, 0), (0, padded - length)))
 
-        @jax.checkpoint
+        if self.lm_head is not None:
+            weight, vocab_axis = self.lm_head.kernel[...], 1
+        else:
+            weight, vocab_axis = self.language_model.embed_tokens[...], 0
+
         def chunk_log_probs(args):
             h, t = args
-            logits = self.logits(h).astype(jnp.float32)
-            picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-            return picked - jax.nn.logsumexp(logits, axis=-1)
+            return head_log_probs.target_log_probs(h, weight, t, vocab_axis, self.dtype)
 
         h_chunks = hidden.reshape(batch, padded // chunk, chunk, -1).swapaxes(0, 1)
         t_chunks = targets.reshape(batch, padded // chunk, chunk).swapaxes(0, 1)
