@@ -10,8 +10,8 @@ the step. Its closed form,
     d logits = g * (onehot(target) - softmax(logits)),
 
 is one element-wise pass (the one-hot is a comparison with an iota) that feeds both matmuls directly.
-On two CPU cores, 1,024 positions through a 512 x 32,768 head, forward and backward: 806 -> 538 ms
-(the GRPO update's and the SFT step's LM-head shape in the `small` benchmarks).
+`python benchmarks/head_gradient.py` times both at the GRPO update's LM-head shape in the `small`
+benchmarks ((16, 64) positions through a 512 x 32,768 head, forward and backward).
 
 The backward pass recomputes the logits from the hidden states, as `jax.checkpoint` would, so at most
 one chunk's (positions, vocab) logits is ever held (`Qwen2_5_VL.token_log_probs` chunks the positions).
