@@ -68,8 +68,14 @@ class Projection(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_shape)
-        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                                ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+        leading = x.shape[: x.ndim - n_in]
+        # The leading dims (batch, length, ...) go in as one row dim: with two of them, XLA:CPU's
+        # backward pass copies activations and weight gradients into transposed layouts around the
+        # matmuls (an MLP stack's forward + backward ~13% slower on two cores). A bitcast in row-major.
+        rows = x.reshape((-1,) + x.shape[x.ndim - n_in:]) if len(leading) != 1 else x
+        y = jax.lax.dot_general(rows.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                                ((tuple(range(1, 1 + n_in)), tuple(range(n_in))), ((), ())))
+        y = y.reshape(leading + self.out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
