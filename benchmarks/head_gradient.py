@@ -6,10 +6,11 @@
 logits[target] - logsumexp(logits) in closed form; the peer here is `jax.grad` of the same expression
 under `jax.checkpoint` (what `Qwen2_5_VL.token_log_probs` ran before: the logits recomputed in the
 backward pass on both sides). Defaults: the `small` preset's head and the completion positions of
-`benchmarks/grpo_vs_trl.py`'s update, (rows, length, hidden) = (2 prompts x G = 8, 64 tokens, 512) as the
-model hands them over; float32, compiled with the training step's CPU options. Each side: one warm-up call, then the best of `--repeats`, the sides
-alternating. The gradients are compared before timing. The last line printed is one JSON object with
-`speedup` (autodiff seconds / hand-written seconds).
+`benchmarks/grpo_vs_trl.py`'s update, (rows, length, hidden) = (2 prompts x G = 8, 64 tokens, 512) as
+the model hands them over; float32, compiled with the training step's CPU options. Each side's first
+call (compilation) also compares the two gradients; then the best of `--repeats` timed calls, the
+sides alternating. The last line printed is one JSON object with `speedup` (autodiff seconds /
+hand-written seconds).
 """
 
 from __future__ import annotations

@@ -26,15 +26,16 @@ import jax.numpy as jnp
 
 from facialr1_jax.parallel.rules import constrain
 
-# (hidden dims, vocab dim) of the head's matmul for a (D, V) kernel and for a tied (V, D) embedding.
+# The head's matmuls, keyed by vocab_axis: 1 for a (D, V) kernel, 0 for a tied (V, D) embedding.
 _HEAD_EQUATIONS = {1: "...d,dv->...v", 0: "...d,vd->...v"}
 _INPUT_GRADIENT = {1: "...v,dv->...d", 0: "...v,vd->...d"}
 _WEIGHT_GRADIENT = {1: "nd,nv->dv", 0: "nd,nv->vd"}  # over all positions, flattened to n
 
 
-def _logits(hidden, weight, vocab_axis, dtype):
+def head_logits(hidden: jax.Array, weight: jax.Array, vocab_axis: int, dtype) -> jax.Array:
+    """Vocabulary logits (..., V) in `dtype` from hidden states (..., D); the head as in `target_log_probs`.
+    `Qwen2_5_VL.logits` is this function, so the loss and the sampler project the same way."""
     logits = jnp.einsum(_HEAD_EQUATIONS[vocab_axis], hidden.astype(dtype), weight.astype(dtype))
-    logits = logits.astype(jnp.float32)
     return constrain(logits, ("batch", "length", "act_vocab")) if logits.ndim == 3 else logits
 
 
@@ -49,7 +50,7 @@ def target_log_probs(hidden: jax.Array, weight: jax.Array, targets: jax.Array, v
 
 
 def _forward(hidden, weight, targets, vocab_axis, dtype):
-    logits = _logits(hidden, weight, vocab_axis, dtype)
+    logits = head_logits(hidden, weight, vocab_axis, dtype).astype(jnp.float32)
     normaliser = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return picked - normaliser, (hidden, weight, targets, normaliser)
@@ -57,7 +58,8 @@ def _forward(hidden, weight, targets, vocab_axis, dtype):
 
 def _backward(vocab_axis, dtype, residuals, cotangent):
     hidden, weight, targets, normaliser = residuals
-    logits = _logits(hidden, weight, vocab_axis, dtype)  # recomputed: nothing vocabulary-sized is saved
+    # Recomputed: nothing vocabulary-sized is saved.
+    logits = head_logits(hidden, weight, vocab_axis, dtype).astype(jnp.float32)
     vocab_ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
     onehot = (vocab_ids == targets[..., None].astype(jnp.int32)).astype(jnp.float32)
     logits_grad = cotangent[..., None] * (onehot - jnp.exp(logits - normaliser[..., None]))

@@ -17,7 +17,7 @@ from facialr1_jax.models.qwen2_5_vl.layers import Projection
 from facialr1_jax.models.qwen2_5_vl.positions import multimodal_position_ids
 from facialr1_jax.models.qwen2_5_vl.text import KVCache, LanguageModel, init_cache
 from facialr1_jax.models.qwen2_5_vl.vision import VisionPlan, VisionTower, vision_plan
-from facialr1_jax.parallel.rules import TRAINING_RULES, Rules, constrain, shard_model
+from facialr1_jax.parallel.rules import TRAINING_RULES, Rules, shard_model
 
 
 class Qwen2_5_VL(nnx.Module):
@@ -125,14 +125,15 @@ class Qwen2_5_VL(nnx.Module):
             raise ValueError("pixel_values given without a vision plan (see vision_plan)")
         return self.encode_images(pixel_values, plan)
 
+    def _head(self) -> tuple[jax.Array, int]:
+        """The LM head as (weight, vocab_axis): the (D, V) kernel, or the tied (V, D) embedding."""
+        if self.lm_head is not None:
+            return self.lm_head.kernel[...], 1
+        return self.language_model.embed_tokens[...], 0
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits from final hidden states (the tied embedding when tie_word_embeddings)."""
-        if self.lm_head is not None:
-            logits = self.lm_head(hidden)
-        else:
-            logits = jnp.einsum("...d,vd->...v", hidden.astype(self.dtype),
-                                self.language_model.embed_tokens[...].astype(self.dtype))
-        return constrain(logits, ("batch", "length", "act_vocab")) if logits.ndim == 3 else logits
+        return head_log_probs.head_logits(hidden, *self._head(), self.dtype)
 
     def token_log_probs(self, hidden: jax.Array, target_ids: jax.Array, chunk_size: int = 128) -> jax.Array:
         """log p(target_ids) (B, L) float32 from hidden states (B, L, hidden), never holding more than
@@ -144,10 +145,7 @@ class Qwen2_5_VL(nnx.Module):
         hidden = jnp.pad(hidden, ((0, 0), (0, padded - length), (0, 0)))
         targets = jnp.pad(target_ids, ((0, 0), (0, padded - length)))
 
-        if self.lm_head is not None:
-            weight, vocab_axis = self.lm_head.kernel[...], 1
-        else:
-            weight, vocab_axis = self.language_model.embed_tokens[...], 0
+        weight, vocab_axis = self._head()
 
         def chunk_log_probs(args):
             h, t = args
