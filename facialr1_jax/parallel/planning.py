@@ -653,7 +653,7 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     prefill_forward = forward_flops(
         lambda p, b, r, k: engine._prefill(p, b, r, k, rollout["stops"], rollout["suppressed"], settings),
         params_arg, *_unsharded(rollout["prefill_args"]))
-    decode_forward = forward_flops(lambda p, s: engine._decode(p, s, settings), params_arg,
+    decode_forward = forward_flops(lambda p, s: engine._decode(p, s, None, settings), params_arg,
                                    _unsharded(rollout["decode_state"]), unknown_trip_count=completion - 1)
     programs = [
         _program_plan("rollout_prefill", rollout["prefill"], rollout["prefill_seconds"], executions=1,
@@ -719,7 +719,8 @@ def _compile_rollout(config: Any, model_config: models.Qwen2_5_VLConfig, trainin
     notes = []
     prompts, completion = int(g.prompts_per_step), int(g.max_new_tokens)
     graphdef = step_lib.forward_only(training.model_def, training.state.params).graphdef
-    engine = Engine(graphdef, model_config, mesh=mesh, cache_dtype=jnp.bfloat16)
+    # As on the accelerators it plans for (its fake devices are CPUs): no CPU decode kernels.
+    engine = Engine(graphdef, model_config, mesh=mesh, cache_dtype=jnp.bfloat16, decode_kernels=False)
     prompt_batch = PromptBatch.from_collated(batching.collate_prompts(
         synthetic_prompts(model_config, shape, prompts), model_config, pad_id=0, max_length=shape.sequence_tokens))
     padded_prompts = batch_bucket(prompts)
@@ -742,7 +743,7 @@ def _compile_rollout(config: Any, model_config: models.Qwen2_5_VLConfig, trainin
         engine._prefill_program, params, *prefill_args, stops, suppressed, mesh=mesh, rules=engine.rules,
         settings=settings)
     decode_state = abstract_like(prefill_lowered.out_info, prefill.output_shardings)
-    _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, mesh=mesh,
+    _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, None, mesh=mesh,
                                          rules=engine.rules, settings=settings)
     return {"engine": engine, "settings": settings, "params": params, "stops": stops, "suppressed": suppressed,
             "prefill_args": prefill_args, "prefill": prefill, "prefill_seconds": prefill_seconds,

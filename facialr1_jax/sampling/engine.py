@@ -4,8 +4,9 @@ Two compiled programs per (bucketed) shape, both functional `jax.jit` over `nnx.
 parameters are a traced argument, the graph definition is static):
 
 1. prefill(params, prompts, rng): vision tower + one decoder pass over the B left-padded prompts into a
-   KV cache of P slots, one row per prompt. That cache becomes, as it is (never repeated), the prompt
-   part of a `SharedPromptCache` (`models.qwen2_5_vl.text`); its completion part, T = max_new_tokens
+   KV cache of P slots, one row per prompt. That cache becomes (never repeated; its keys transposed to
+   the dimension-major layout the decode attention reads) the prompt part of a `SharedPromptCache`
+   (`models.qwen2_5_vl.text`); its completion part, T = max_new_tokens
    slots, has one row per sample: R = B * G rows ordered [prompt0 x G, prompt1 x G, ...]. The last
    position's logits are repeated G times and the first token of every row is drawn. Each (image,
    prompt) is encoded, and its keys/values stored, once however many samples it gets.
@@ -46,7 +47,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from facialr1_jax.models import Qwen2_5_VLConfig, decode_position_ids
-from facialr1_jax.models.qwen2_5_vl.text import SharedPromptCache, shared_prompt_cache
+from facialr1_jax.models.qwen2_5_vl.text import DecodeKernels, SharedPromptCache, shared_prompt_cache
 from facialr1_jax.parallel.rules import SAMPLING_RULES, Rules, activation_sharding, constrain, logical_to_spec
 from facialr1_jax.sampling.batch import PromptBatch
 from facialr1_jax.sampling.samplers import SamplingConfig, choose_tokens, row_keys, step_keys
@@ -87,7 +88,7 @@ class GenerationOutput:
 class DecodeState:
     """The loop carry of the decode program (B prompts, R = B * G rows, P prompt slots, T new tokens)."""
 
-    cache: SharedPromptCache  # prompt part (B, kv_heads, P, head_dim), completion part (R, kv_heads, T, head_dim)
+    cache: SharedPromptCache  # prompt part B rows of P slots, completion part R rows of T slots
     tokens: jax.Array  # (R, T) int32
     log_probs: jax.Array  # (R, T) f32
     policy_log_probs: jax.Array  # (R, T) f32
@@ -198,14 +199,18 @@ class Engine:
     """
 
     def __init__(self, graphdef: Any, config: Qwen2_5_VLConfig, *, mesh: Mesh | None = None,
-                 rules: Rules | None = None, cache_dtype: Any = None, bucket_batch: bool = True):
+                 rules: Rules | None = None, cache_dtype: Any = None, bucket_batch: bool = True,
+                 decode_kernels: bool | None = None):
         self.graphdef = graphdef
         self.config = config
         self.mesh = mesh
         self.rules = (SAMPLING_RULES if rules is None else rules) if mesh is not None else None
         self.cache_dtype = jnp.dtype(_default_cache_dtype(mesh) if cache_dtype is None else cache_dtype)
         self.bucket_batch = bucket_batch
+        # Decode through `DecodeKernels` (see the module docstring); None = on one CPU device.
+        self.decode_kernels = _default_decode_kernels(mesh) if decode_kernels is None else bool(decode_kernels)
         self._prefill_program = jax.jit(self._prefill, static_argnames=("settings",))
+        self._kernels_program = jax.jit(self._kernels)
         self._decode_program = jax.jit(self._decode, static_argnames=("settings",), donate_argnames=("state",))
         self._greedy_key = None
 
@@ -215,8 +220,9 @@ class Engine:
         return cls(graphdef, model.config, **options)
 
     def compiled_programs(self) -> int:
-        """How many programs (prefill + decode, all shapes) have been compiled so far."""
-        return self._prefill_program._cache_size() + self._decode_program._cache_size()
+        """How many programs (prefill, decode kernels, decode; all shapes) have been compiled so far."""
+        return (self._prefill_program._cache_size() + self._kernels_program._cache_size()
+                + self._decode_program._cache_size())
 
     def place_params(self, params: Any) -> Any:
         """`params` resharded for sampling under this engine's mesh and rules (a no-op without a mesh)."""
@@ -276,7 +282,11 @@ class Engine:
                                                             suppressed_token_ids)
         return _record(state, 0, tokens, log_probs, policy_log_probs, logits, settings)
 
-    def _decode(self, params, state: DecodeState, settings: _Settings) -> tuple[DecodeState, jax.Array]:
+    def _kernels(self, params) -> DecodeKernels:
+        return self._merge(params).decode_kernels()
+
+    def _decode(self, params, state: DecodeState, kernels: DecodeKernels | None,
+                settings: _Settings) -> tuple[DecodeState, jax.Array]:
         model = self._merge(params)
         new_tokens = settings.max_new_tokens
 
@@ -289,8 +299,8 @@ class Engine:
             positions = decode_position_ids(s.prompt_tokens + step - 1, s.rope_deltas)
             # Token step - 1 goes to completion slot step - 1 and predicts token `step`.
             hidden, cache = model.language_model.decode_step(model.embed(previous), positions, s.cache,
-                                                             s.prompt_slots, step - 1)
-            logits = constrain(model.logits(hidden[:, 0]), ROW_AXES)
+                                                             s.prompt_slots, step - 1, kernels)
+            logits = constrain(model.logits(hidden[:, 0], kernels), ROW_AXES)
             tokens, log_probs, policy_log_probs = choose_tokens(logits, step_keys(s.keys, step), settings.sampling,
                                                                 s.suppressed_token_ids)
             return _record(s.replace(cache=cache), step, tokens, log_probs, policy_log_probs, logits, settings)
@@ -321,7 +331,8 @@ class Engine:
                                   return_logits=return_logits)
         with self._tracing_context():
             state = self._prefill_program(*call.prefill_args, settings=call.settings)
-            final, mask = self._decode_program(call.params, state, settings=call.settings)
+            kernels = self._kernels_program(call.params) if self.decode_kernels else None
+            final, mask = self._decode_program(call.params, state, kernels, settings=call.settings)
         out = GenerationOutput(tokens=final.tokens, log_probs=final.log_probs,
                                policy_log_probs=final.policy_log_probs, mask=mask, lengths=final.lengths,
                                num_steps=final.step, logits=final.logits)
@@ -340,7 +351,8 @@ class Engine:
         with self._tracing_context():
             state = jax.eval_shape(lambda *args: self._prefill_program(*args, settings=call.settings),
                                    *call.prefill_args)
-            lowered = self._decode_program.lower(call.params, state, settings=call.settings)
+            kernels = jax.eval_shape(self._kernels_program, call.params) if self.decode_kernels else None
+            lowered = self._decode_program.lower(call.params, state, kernels, settings=call.settings)
         return lowered.compile().as_text()
 
     def _prepare_call(self, params, batch, *, max_new_tokens, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
@@ -433,6 +445,15 @@ class Engine:
             plan=replicated(batch.plan),
         )
         return placed, put(real_prompts, ("batch",))
+
+
+def _default_decode_kernels(mesh: Mesh | None) -> bool:
+    """`DecodeKernels` on one CPU device only: accelerators' matmuls take either weight layout at full
+    speed (the copy would only cost memory), and on a mesh the fused q/k/v and gate/up matrices would
+    cut across the tensor-parallel split of their heads and hidden units."""
+    if mesh is not None:
+        return mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu"
+    return jax.default_backend() == "cpu"
 
 
 def _default_cache_dtype(mesh: Mesh | None) -> Any:

@@ -1,9 +1,11 @@
 """The compiled decode step reads the KV cache as it lies: no transpose of a cache-sized array.
 
 Both parts of the decode cache (`SharedPromptCache`: the prompt part, one row per prompt, and the
-completion part, one row per sample) are stored head-major, (rows, kv_heads, slots, head_dim), which
-is the operand order the attention's batched matmuls need. Stored any other way, XLA transposes every
-layer's whole cache on every decode step (about a fifth of a CPU decode step at the `small` preset);
+completion part, one row per sample) are stored head-major, values (rows, kv_heads, slots, head_dim)
+and keys dimension-major (rows, kv_heads, head_dim, slots), which is the operand order the attention's
+batched matmuls need. Stored any other way, XLA transposes every layer's whole cache on every decode
+step (about a fifth of a CPU decode step at the `small` preset) or runs its slow contraction of two
+minor dims;
 this reads the optimised HLO of the engine's decode program and fails if such a transpose (or a
 layout-changing copy, the other form XLA gives a transpose) comes back. It also checks from the
 program's arguments that the prompt part is stored once per prompt, not once per sample.
@@ -75,14 +77,14 @@ def test_compiled_decode_step_never_transposes_the_cache(tiny_model, tiny_config
     rows = prompts * samples
     text_config = tiny_config.text_config
     kv, dim = text_config.num_key_value_heads, text_config.head_dim
-    expected = {"prompt_keys": f"f32[{prompts},{kv},{batch.prompt_length},{dim}]",
+    expected = {"prompt_keys": f"f32[{prompts},{kv},{dim},{batch.prompt_length}]",
                 "prompt_values": f"f32[{prompts},{kv},{batch.prompt_length},{dim}]",
-                "completion_keys": f"f32[{rows},{kv},{new_tokens},{dim}]",
+                "completion_keys": f"f32[{rows},{kv},{dim},{new_tokens}]",
                 "completion_values": f"f32[{rows},{kv},{new_tokens},{dim}]"}
     for part, shape in expected.items():
         shapes = _cache_argument_shapes(text, part)
         assert shapes, f"the decode program has no {part} argument to check"
-        # Head-major, and the prompt part has one row per prompt (not per sample).
+        # Head-major (keys dimension-major), and the prompt part has one row per prompt (not per sample).
         assert shapes[0] == shape, f"{part} is stored as {shapes[0]}, expected {shape}"
     # The smaller of the two cache parts: anything that large rearranged per step is a cache transpose.
     smallest_part = min(_cache_elements(tiny_config, prompts, batch.prompt_length),

@@ -167,7 +167,8 @@ def test_no_recompilation_inside_one_bucket(tiny_model, tiny_config):
         monitoring.unregister_event_duration_listener(listener)
     assert counts[0] > 0  # the first call compiled (so the listener works)
     assert counts[1:] == [counts[0]] * 9, f"compilations after each call: {counts}"
-    assert engine.compiled_programs() == 2  # one prefill, one decode
+    # One prefill, one decode, and on one CPU device the decode kernels' re-layout.
+    assert engine.compiled_programs() == 2 + engine.decode_kernels
     _check_filtered_log_probs(tiny_model, tiny_config, prompts, jax.device_get(out), sampling, num_samples=2)
 
 

@@ -8,6 +8,8 @@ axes; clear errors for mismatched shapes.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,11 +51,26 @@ def _plain_attention(case, samples):
     return out[:, :, :, 0, :]
 
 
+@pytest.mark.parametrize("dim_major_keys", [False, True])
 @pytest.mark.parametrize("prompts, samples", [(3, 4), (2, 1), (1, 8)])
-def test_cascade_attention_equals_attention_over_the_repeated_cache(prompts, samples):
+def test_cascade_attention_equals_attention_over_the_repeated_cache(prompts, samples, dim_major_keys):
+    # dim_major_keys: the keys as a SharedPromptCache stores them, (rows, kv_heads, head_dim, slots).
     case = _random_case(seed=prompts * 10 + samples, prompts=prompts, samples=samples)
-    got = jax.jit(shared_prompt_attention)(**case)
+    stored = dict(case)
+    if dim_major_keys:
+        for name in ("prompt_keys", "completion_keys"):
+            stored[name] = jnp.swapaxes(case[name], 2, 3)
+    got = jax.jit(partial(shared_prompt_attention, dim_major_keys=dim_major_keys))(**stored)
     np.testing.assert_allclose(np.asarray(got), np.asarray(_plain_attention(case, samples)), atol=1e-5, rtol=1e-5)
+
+
+def test_cascade_attention_checks_the_dim_major_key_shapes():
+    case = _random_case(seed=2, prompts=2, samples=2)
+    with pytest.raises(ValueError, match="prompt keys/values must be"):  # keys not transposed
+        shared_prompt_attention(**case, dim_major_keys=True)
+    case["prompt_keys"] = jnp.swapaxes(case["prompt_keys"], 2, 3)
+    with pytest.raises(ValueError, match="completion keys/values must be"):
+        shared_prompt_attention(**case, dim_major_keys=True)
 
 
 def test_cascade_attention_is_stable_for_large_scores():
@@ -146,9 +163,13 @@ def test_decode_step_equals_the_cached_forward_over_a_repeated_cache(tiny_model,
         expected, repeated = plain_step(embeds, positions, slot_mask, repeated, jnp.int32(prompt_length + step))
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=1e-5)
     # The prompt part is only read; the completion part holds exactly the repeated cache's new slots.
-    np.testing.assert_array_equal(np.asarray(shared.prompt_keys[0]), np.asarray(prompt_cache.keys[0]))
+    # Keys are stored dimension-major: (rows, kv_heads, head_dim, slots).
+    np.testing.assert_array_equal(np.asarray(shared.prompt_keys[0]), np.swapaxes(np.asarray(prompt_cache.keys[0]), 2, 3))
+    np.testing.assert_array_equal(np.asarray(shared.prompt_values[0]), np.asarray(prompt_cache.values[0]))
     np.testing.assert_allclose(np.asarray(shared.completion_values[1]),
                                np.asarray(repeated.values[1][:, :, prompt_length:]), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.swapaxes(np.asarray(shared.completion_keys[1]), 2, 3),
+                               np.asarray(repeated.keys[1][:, :, prompt_length:]), atol=1e-5, rtol=1e-5)
     assert shared_step._cache_size() == 1  # one compiled step for every position
 
 
@@ -189,9 +210,12 @@ def test_decode_state_stores_each_prompt_once(tiny_model, tiny_config):
     kv, dim = text_config.num_key_value_heads, text_config.head_dim
     assert len(state.cache.prompt_keys) == text_config.num_hidden_layers
     for keys, values in zip(state.cache.prompt_keys, state.cache.prompt_values):
-        assert keys.shape == values.shape == (4, kv, batch.prompt_length, dim)  # B prompts, not B * G rows
-    for keys in state.cache.completion_keys:
-        assert keys.shape == (4 * samples, kv, new_tokens, dim)
+        # B prompts, not B * G rows; keys dimension-major.
+        assert values.shape == (4, kv, batch.prompt_length, dim)
+        assert keys.shape == (4, kv, dim, batch.prompt_length)
+    for keys, values in zip(state.cache.completion_keys, state.cache.completion_values):
+        assert keys.shape == (4 * samples, kv, dim, new_tokens)
+        assert values.shape == (4 * samples, kv, new_tokens, dim)
     assert state.prompt_slots.shape == (4, batch.prompt_length)
     assert state.tokens.shape == (4 * samples, new_tokens)
 

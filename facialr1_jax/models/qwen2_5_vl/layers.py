@@ -81,6 +81,12 @@ class Projection(nnx.Module):
             y = y + self.bias[...].astype(self.dtype)
         return y
 
+    def out_in_kernel(self) -> tuple[jax.Array, jax.Array | None]:
+        """(kernel as an (out, in) matrix, bias flattened to (out,) or None), a transposed copy for
+        `out_in_dense` (the rollout engine's CPU decode step reads its weights this way)."""
+        kernel = self.kernel[...].reshape(int(np.prod(self.in_shape)), int(np.prod(self.out_shape))).T
+        return kernel, None if self.bias is None else self.bias[...].reshape(-1)
+
 
 class RMSNorm(nnx.Module):
     """Root-mean-square normalisation computed in float32, scaled in the compute dtype."""
@@ -94,6 +100,15 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return self.weight[...].astype(self.dtype) * normed.astype(self.dtype)
+
+
+def out_in_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
+    """x (..., in) times an (out, in) kernel (PyTorch's nn.Linear layout), plus bias (out,): (..., out) in
+    `dtype`. What `Projection` computes, from the `Projection.out_in_kernel` of its kernel."""
+    rows = x.reshape(-1, x.shape[-1]).astype(dtype)
+    y = jax.lax.dot_general(rows, kernel.astype(dtype), (((1,), (1,)), ((), ())))
+    y = y.reshape(x.shape[:-1] + (kernel.shape[0],))
+    return y if bias is None else y + bias.astype(dtype)
 
 
 class GatedMLP(nnx.Module):

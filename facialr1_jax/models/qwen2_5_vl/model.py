@@ -15,7 +15,7 @@ from facialr1_jax.models.qwen2_5_vl import head_log_probs
 from facialr1_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from facialr1_jax.models.qwen2_5_vl.layers import Projection
 from facialr1_jax.models.qwen2_5_vl.positions import multimodal_position_ids
-from facialr1_jax.models.qwen2_5_vl.text import KVCache, LanguageModel, init_cache
+from facialr1_jax.models.qwen2_5_vl.text import DecodeKernels, KVCache, LanguageModel, init_cache
 from facialr1_jax.models.qwen2_5_vl.vision import VisionPlan, VisionTower, vision_plan
 from facialr1_jax.parallel.rules import TRAINING_RULES, Rules, shard_model
 
@@ -131,9 +131,20 @@ class Qwen2_5_VL(nnx.Module):
             return self.lm_head.kernel[...], 1
         return self.language_model.embed_tokens[...], 0
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """Vocabulary logits from final hidden states (the tied embedding when tie_word_embeddings)."""
+    def logits(self, hidden: jax.Array, kernels: DecodeKernels | None = None) -> jax.Array:
+        """Vocabulary logits from final hidden states (the tied embedding when tie_word_embeddings);
+        through `kernels.head` (the head as (vocab, hidden)) when the decode kernels are given."""
+        if kernels is not None:
+            return head_log_probs.head_logits(hidden, kernels.head, 0, self.dtype)
         return head_log_probs.head_logits(hidden, *self._head(), self.dtype)
+
+    def decode_kernels(self) -> DecodeKernels:
+        """The language model's weights re-laid out for the CPU decode step (`text.DecodeKernels`): a
+        transposed copy of every layer's matrices and of an untied head (a tied embedding is already
+        (vocab, hidden) and is used as it is)."""
+        weight, vocab_axis = self._head()
+        return DecodeKernels(layers=tuple(layer.decode_kernels() for layer in self.language_model.layers),
+                             head=weight if vocab_axis == 0 else weight.T)
 
     def token_log_probs(self, hidden: jax.Array, target_ids: jax.Array, chunk_size: int = 128) -> jax.Array:
         """log p(target_ids) (B, L) float32 from hidden states (B, L, hidden), never holding more than

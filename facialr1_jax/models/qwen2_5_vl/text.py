@@ -13,9 +13,14 @@ layer's whole cache (about a fifth of a CPU decode step); now only the L new tok
 queries and outputs are transposed.
 
 Sampling several completions of one prompt (GRPO's group) decodes through a second, cascade cache
-(`SharedPromptCache`): the prompt's keys/values are stored once per prompt, (prompts, kv_heads, P,
-head_dim), as the prefill wrote them, and only the completion's keys/values are stored per sample,
-(prompts * G, kv_heads, T, head_dim). `LanguageModel.decode_step` feeds one token per row through that
+(`SharedPromptCache`): the prompt's keys/values are stored once per prompt and only the completion's
+keys/values per sample. Its keys are dimension-major, (rows, kv_heads, head_dim, slots), its values as
+above: a decode step's scores are then a plain (queries x head_dim) @ (head_dim x slots) product,
+where the (slots, head_dim) layout makes the batched matmul contract the minor dim of both operands,
+which XLA:CPU runs about 4x slower at decode shapes (64 completion scores of 4 x 64 by 64 x 128: 264
+against 65 us; the decode step of `python benchmarks/generate_vs_hf.py` lost about 2.5 ms of 32). The
+prompt keys are transposed once, when the cache is built from the prefill's. `LanguageModel.decode_step`
+feeds one token per row through that
 cache; its attention (`shared_prompt_attention`) scores the G samples' queries of a prompt together
 against the prompt part (a (G * query groups) x head_dim by head_dim x P matmul per prompt and kv head,
 instead of G matrix-vector products over G identical copies), scores each row against its own
@@ -42,10 +47,13 @@ from facialr1_jax.models.qwen2_5_vl.layers import (
     inverse_frequencies,
     make_param,
     grouped_attention,
+    out_in_dense,
 )
 from facialr1_jax.parallel.rules import constrain
 
 CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", None)  # (batch, kv_heads, max_len, head_dim)
+# The keys of a `SharedPromptCache`: (rows, kv_heads, head_dim, slots).
+DIM_MAJOR_KEY_AXES = ("cache_batch", "cache_kv_heads", None, "cache_length")
 
 
 @struct.dataclass
@@ -77,8 +85,10 @@ class SharedPromptCache:
     """The decode cache for G samples per prompt: prompt keys/values once per prompt, completion
     keys/values per sample (see the module docstring). Rows are ordered [prompt0 x G, prompt1 x G, ...].
 
-    prompt_keys, prompt_values          per layer (prompts, kv_heads, P, head_dim), logical axes CACHE_AXES
-    completion_keys, completion_values  per layer (prompts * G, kv_heads, T, head_dim), logical axes CACHE_AXES
+    prompt_keys        per layer (prompts, kv_heads, head_dim, P), logical axes DIM_MAJOR_KEY_AXES
+    prompt_values      per layer (prompts, kv_heads, P, head_dim), logical axes CACHE_AXES
+    completion_keys    per layer (prompts * G, kv_heads, head_dim, T), logical axes DIM_MAJOR_KEY_AXES
+    completion_values  per layer (prompts * G, kv_heads, T, head_dim), logical axes CACHE_AXES
     """
 
     prompt_keys: tuple[jax.Array, ...]
@@ -100,39 +110,73 @@ class SharedPromptCache:
 
     @property
     def prompt_length(self) -> int:
-        return int(self.prompt_keys[0].shape[2])
+        return int(self.prompt_values[0].shape[2])
 
     @property
     def completion_length(self) -> int:
-        return int(self.completion_keys[0].shape[2])
+        return int(self.completion_values[0].shape[2])
 
 
 def shared_prompt_cache(config: TextConfig, prompt_cache: KVCache, samples_per_prompt: int, completion_length: int,
                         dtype=None) -> SharedPromptCache:
     """A `SharedPromptCache` over the prompt keys/values of a prefill (`prompt_cache`, one row per prompt,
-    used as it is: nothing is repeated) with an empty completion part of `completion_length` slots for
-    each of the `samples_per_prompt` samples of every prompt. dtype: the completion part's (default: the
-    prompt cache's)."""
+    nothing repeated; its keys transposed to dimension-major) with an empty completion part of
+    `completion_length` slots for each of the `samples_per_prompt` samples of every prompt. dtype: the
+    completion part's (default: the prompt cache's)."""
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
     if completion_length < 1:
         raise ValueError(f"completion_length must be at least 1, got {completion_length}")
     dtype = prompt_cache.keys[0].dtype if dtype is None else dtype
     completion = init_cache(config, prompt_cache.batch_size * samples_per_prompt, completion_length, dtype)
-    return SharedPromptCache(prompt_keys=tuple(constrain(k, CACHE_AXES) for k in prompt_cache.keys),
+    dim_major = lambda keys: tuple(constrain(jnp.swapaxes(k, 2, 3), DIM_MAJOR_KEY_AXES) for k in keys)
+    return SharedPromptCache(prompt_keys=dim_major(prompt_cache.keys),
                              prompt_values=tuple(constrain(v, CACHE_AXES) for v in prompt_cache.values),
-                             completion_keys=completion.keys, completion_values=completion.values)
+                             completion_keys=dim_major(completion.keys), completion_values=completion.values)
+
+
+@struct.dataclass
+class LayerDecodeKernels:
+    """One decoder layer's matrices as the CPU decode step reads them: each (out, in), PyTorch's
+    nn.Linear layout, with q/k/v and gate/up concatenated along `out` (one matmul each).
+
+    qkv (heads * head_dim + 2 * kv_heads * head_dim, hidden) and qkv_bias; out (hidden, heads *
+    head_dim); gate_up (2 * intermediate, hidden); down (hidden, intermediate).
+    """
+
+    qkv: jax.Array
+    qkv_bias: jax.Array
+    out: jax.Array
+    gate_up: jax.Array
+    down: jax.Array
+
+
+@struct.dataclass
+class DecodeKernels:
+    """The language model's weights re-laid out for the rollout engine's CPU decode step (see
+    `sampling.engine`): per layer a `LayerDecodeKernels`, and the LM head as a (vocab, hidden) matrix.
+
+    Why: at decode shapes (a few dozen rows times a weight matrix) XLA:CPU's matmul runs about 15%
+    faster, 30% for the vocabulary projection, when the weight is (out, in) rather than the (in, out)
+    the model stores; built once per generate call (one transposed copy of the language model's
+    weights), read by every decode step.
+    """
+
+    layers: tuple[LayerDecodeKernels, ...]
+    head: jax.Array
 
 
 def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_values: jax.Array, prompt_mask: jax.Array,
                             completion_keys: jax.Array, completion_values: jax.Array,
-                            completion_mask: jax.Array) -> jax.Array:
+                            completion_mask: jax.Array, *, dim_major_keys: bool = False) -> jax.Array:
     """Attention of one new token per row over a prompt shared by G rows plus the row's own completion.
 
     query: (R, KV, Q, D) head-major, R = B * G rows ordered [prompt0 x G, ...], Q query heads per kv head;
     prompt_keys, prompt_values: (B, KV, P, D); prompt_mask: (B, P) bool, the prompt's real tokens;
     completion_keys, completion_values: (R, KV, T, D); completion_mask: (R, T) bool, slots written so far,
     or (R, Q, T) for a mask per query (`shared_prompt_block_attention` passes causal masks this way).
+    dim_major_keys: both key arrays come as a `SharedPromptCache` stores them, (B, KV, D, P) and
+    (R, KV, D, T).
     Returns (R, KV, Q, D): softmax over the concatenated [prompt, completion] keys, exactly what
     `grouped_attention` gives over a cache holding the prompt repeated G times followed by the completion.
 
@@ -146,13 +190,15 @@ def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_val
     prompts, prompt_length = prompt_mask.shape
     if rows % prompts:
         raise ValueError(f"{rows} query rows do not split into groups for {prompts} prompts")
-    if prompt_keys.shape != (prompts, kv_heads, prompt_length, dim) or prompt_values.shape != prompt_keys.shape:
-        raise ValueError(f"prompt keys/values must be {(prompts, kv_heads, prompt_length, dim)}, got "
-                         f"{prompt_keys.shape} / {prompt_values.shape}")
-    if completion_keys.shape[:2] != (rows, kv_heads) or completion_values.shape != completion_keys.shape:
-        raise ValueError(f"completion keys/values must be ({rows}, {kv_heads}, T, {dim}), got "
-                         f"{completion_keys.shape} / {completion_values.shape}")
-    slots = completion_keys.shape[2]
+    as_stored = (lambda shape: shape[:2] + (shape[3], shape[2])) if dim_major_keys else (lambda shape: shape)
+    if (as_stored(prompt_keys.shape) != (prompts, kv_heads, prompt_length, dim)
+            or prompt_values.shape != (prompts, kv_heads, prompt_length, dim)):
+        raise ValueError(f"prompt keys/values must be {as_stored((prompts, kv_heads, prompt_length, dim))} / "
+                         f"{(prompts, kv_heads, prompt_length, dim)}, got {prompt_keys.shape} / {prompt_values.shape}")
+    slots = completion_values.shape[2]
+    if completion_values.shape != (rows, kv_heads, slots, dim) or as_stored(completion_keys.shape) != completion_values.shape:
+        raise ValueError(f"completion keys/values must be {as_stored((rows, kv_heads, 'T', dim))} / "
+                         f"{(rows, kv_heads, 'T', dim)}, got {completion_keys.shape} / {completion_values.shape}")
     if completion_mask.shape not in ((rows, slots), (rows, per_kv, slots)):
         raise ValueError(f"completion_mask must be {(rows, slots)} or {(rows, per_kv, slots)}, "
                          f"got {completion_mask.shape}")
@@ -170,11 +216,11 @@ def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_val
         x = x.reshape(prompts, kv_heads, samples, per_kv, *x.shape[3:])
         return jnp.swapaxes(x, 1, 2).reshape(rows, kv_heads, per_kv, *x.shape[4:])
 
-    prompt_scores = jnp.einsum("bkqd,bkpd->bkqp", to_shared(query), prompt_keys,
-                               preferred_element_type=jnp.float32) * scale
+    prompt_scores = jnp.einsum("bkqd,bkdp->bkqp" if dim_major_keys else "bkqd,bkpd->bkqp", to_shared(query),
+                               prompt_keys, preferred_element_type=jnp.float32) * scale
     prompt_scores = jnp.where(prompt_mask[:, None, None, :], prompt_scores, lowest)
-    completion_scores = jnp.einsum("rkqd,rktd->rkqt", query, completion_keys,
-                                   preferred_element_type=jnp.float32) * scale
+    completion_scores = jnp.einsum("rkqd,rkdt->rkqt" if dim_major_keys else "rkqd,rktd->rkqt", query,
+                                   completion_keys, preferred_element_type=jnp.float32) * scale
     per_query_mask = completion_mask[:, None] if completion_mask.ndim == 3 else completion_mask[:, None, None, :]
     completion_scores = jnp.where(per_query_mask, completion_scores, lowest)
 
@@ -248,6 +294,17 @@ class DecoderAttention(nnx.Module):
         value = constrain(self.v_proj(x), ("batch", "length", "act_kv_heads", None))
         return query, key, value
 
+    def _project_with(self, kernels: LayerDecodeKernels, x, cos, sin):
+        """`_project` through the fused (out, in) q/k/v matrix of a `LayerDecodeKernels`."""
+        heads, kv = self.q_proj.out_shape[0], self.num_key_value_heads
+        dim = self.q_proj.out_shape[1]
+        fused = out_in_dense(x, kernels.qkv, kernels.qkv_bias, self.q_proj.dtype)
+        query, key, value = jnp.split(fused, (heads * dim, (heads + kv) * dim), axis=-1)
+        lead = x.shape[:-1]
+        query = apply_rotary(query.reshape(lead + (heads, dim)), cos, sin)
+        key = apply_rotary(key.reshape(lead + (kv, dim)), cos, sin)
+        return query, key, value.reshape(lead + (kv, dim))
+
     def _project_head_major(self, x, cos, sin):
         """Queries (B, KV, G, L, D), keys and values (B, KV, L, D): head-major (see the module docstring),
         only these L tokens are transposed, never a cache."""
@@ -287,29 +344,36 @@ class DecoderAttention(nnx.Module):
                                                        completion_mask)
         return self._output(prompt_out), self._output(completion_out)
 
-    def decode_step(self, x, cos, sin, layer_cache, prompt_mask, completion_mask, completion_index):
+    def decode_step(self, x, cos, sin, layer_cache, prompt_mask, completion_mask, completion_index,
+                    kernels: LayerDecodeKernels | None = None):
         """One new token per row (x: (R, 1, hidden)) through a `SharedPromptCache` layer: its keys/values
         are written at completion slot `completion_index`, then `shared_prompt_attention`.
 
         layer_cache: (prompt keys, prompt values, completion keys, completion values) of this layer.
+        kernels: this layer's weights re-laid out (`DecodeKernels`), used instead of the projections.
         Returns (output (R, 1, hidden), (completion keys, completion values))."""
         rows = x.shape[0]
         prompt_keys, prompt_values, completion_keys, completion_values = layer_cache
-        query, key, value = self._project(x, cos, sin)
-        # One token: (R, 1, heads, D) -> head-major (R, KV, Q, D) and (R, 1, KV, D) -> (R, KV, 1, D) are
-        # plain reshapes.
+        query, key, value = (self._project(x, cos, sin) if kernels is None
+                             else self._project_with(kernels, x, cos, sin))
+        # One token: (R, 1, heads, D) -> head-major (R, KV, Q, D), (R, 1, KV, D) -> (R, KV, 1, D) for the
+        # value and (R, KV, D, 1) for the dimension-major key are plain reshapes.
         query = query.reshape(rows, self.num_key_value_heads, self.num_query_groups, -1)
-        key = key.reshape(rows, self.num_key_value_heads, 1, -1)
+        key = key.reshape(rows, self.num_key_value_heads, -1, 1)
         value = value.reshape(rows, self.num_key_value_heads, 1, -1)
-        start = (0, 0, completion_index, 0)
         completion_keys = constrain(jax.lax.dynamic_update_slice(
-            completion_keys, key.astype(completion_keys.dtype), start), CACHE_AXES)
+            completion_keys, key.astype(completion_keys.dtype), (0, 0, 0, completion_index)), DIM_MAJOR_KEY_AXES)
         completion_values = constrain(jax.lax.dynamic_update_slice(
-            completion_values, value.astype(completion_values.dtype), start), CACHE_AXES)
+            completion_values, value.astype(completion_values.dtype), (0, 0, completion_index, 0)), CACHE_AXES)
         compute = lambda cached: cached.astype(query.dtype)
         out = shared_prompt_attention(query, compute(prompt_keys), compute(prompt_values), prompt_mask,
-                                      compute(completion_keys), compute(completion_values), completion_mask)
-        return self.o_proj(out.reshape(rows, 1, -1, out.shape[-1])), (completion_keys, completion_values)
+                                      compute(completion_keys), compute(completion_values), completion_mask,
+                                      dim_major_keys=True)
+        out = out.reshape(rows, 1, -1, out.shape[-1])
+        if kernels is not None:
+            return (out_in_dense(out.reshape(rows, 1, -1), kernels.out, None, self.o_proj.dtype),
+                    (completion_keys, completion_values))
+        return self.o_proj(out), (completion_keys, completion_values)
 
 
 class DecoderLayer(nnx.Module):
@@ -326,11 +390,28 @@ class DecoderLayer(nnx.Module):
         attended, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index)
         return self._feed_forward(x + attended), new_cache
 
-    def decode_step(self, x, cos, sin, layer_cache, prompt_mask, completion_mask, completion_index):
+    def decode_step(self, x, cos, sin, layer_cache, prompt_mask, completion_mask, completion_index,
+                    kernels: LayerDecodeKernels | None = None):
         """`__call__` for one token per row over a `SharedPromptCache` layer (see `DecoderAttention.decode_step`)."""
         attended, new_cache = self.self_attn.decode_step(self.input_layernorm(x), cos, sin, layer_cache, prompt_mask,
-                                                         completion_mask, completion_index)
-        return self._feed_forward(x + attended), new_cache
+                                                         completion_mask, completion_index, kernels)
+        x = x + attended
+        if kernels is None:
+            return self._feed_forward(x), new_cache
+        gate, up = jnp.split(out_in_dense(self.post_attention_layernorm(x), kernels.gate_up, None, self.mlp.down_proj.dtype),
+                             2, axis=-1)
+        return x + out_in_dense(jax.nn.silu(gate) * up, kernels.down, None, self.mlp.down_proj.dtype), new_cache
+
+    def decode_kernels(self) -> LayerDecodeKernels:
+        """This layer's matrices re-laid out for the decode step (see `DecodeKernels`)."""
+        attention, mlp = self.self_attn, self.mlp
+        qkv = [p.out_in_kernel() for p in (attention.q_proj, attention.k_proj, attention.v_proj)]
+        return LayerDecodeKernels(qkv=jnp.concatenate([kernel for kernel, _ in qkv], axis=0),
+                                  qkv_bias=jnp.concatenate([bias for _, bias in qkv], axis=0),
+                                  out=attention.o_proj.out_in_kernel()[0],
+                                  gate_up=jnp.concatenate([mlp.gate_proj.out_in_kernel()[0],
+                                                           mlp.up_proj.out_in_kernel()[0]], axis=0),
+                                  down=mlp.down_proj.out_in_kernel()[0])
 
     def shared_prompt_forward(self, prompt_x, completion_x, prompt_rope, completion_rope, prompt_causal_mask,
                               prompt_mask, completion_mask):
@@ -402,14 +483,15 @@ class LanguageModel(nnx.Module):
         return self.norm(x), new_cache
 
     def decode_step(self, inputs_embeds, position_ids, cache: SharedPromptCache, prompt_mask,
-                    completion_index) -> tuple[jax.Array, SharedPromptCache]:
+                    completion_index, kernels: DecodeKernels | None = None) -> tuple[jax.Array, SharedPromptCache]:
         """One new token per row through a `SharedPromptCache` (the rollout engine's decode step).
 
         inputs_embeds (R, 1, hidden) and position_ids (3, R, 1) for the R = prompts * G rows; the new
         tokens are written at completion slot `completion_index` (a scalar, the same for every row) and
         attend the real tokens of their prompt (prompt_mask (prompts, P) bool) and completion slots
         [0, completion_index]. Returns (final hidden states (R, 1, hidden), the updated cache); the
-        prompt part is read, never written.
+        prompt part is read, never written. kernels: the layers' weights re-laid out (`decode_kernels`),
+        used instead of their projections (the same maths; float32 sums in another order).
         """
         rows, length = inputs_embeds.shape[:2]
         if length != 1:
@@ -433,7 +515,7 @@ class LanguageModel(nnx.Module):
             layer_cache = (cache.prompt_keys[index], cache.prompt_values[index], cache.completion_keys[index],
                            cache.completion_values[index])
             x, (keys, values) = layer.decode_step(x, cos, sin, layer_cache, prompt_mask, completion_mask,
-                                                  completion_index)
+                                                  completion_index, None if kernels is None else kernels.layers[index])
             new_keys.append(keys)
             new_values.append(values)
         return self.norm(x), cache.replace(completion_keys=tuple(new_keys), completion_values=tuple(new_values))
