@@ -29,10 +29,10 @@ so after warm-up a run does not compile again. `Engine.compiled_programs()` coun
 
 CPU decode kernels: on one CPU device a third small program runs between the two, copying the language
 model's matrices into the (out, in) layout with q/k/v and gate/up fused (`text.DecodeKernels`), and
-the decode steps read that copy. XLA:CPU's matmuls of a few dozen rows run faster against an (out,
-in) weight (about 15%, 30% for the vocabulary projection); the copy costs one transposition of the
-weights per call (56 ms at the `small` preset, against about 1.5 ms saved on each of ~128 decode
-steps). Off-CPU, or on a mesh (where the fused matrices would cut across the tensor-parallel split),
+the decode steps read that copy. XLA:CPU's matmuls of a few dozen rows run 1.13-1.17x faster against
+an (out, in) weight; the copy costs one transposition of the weights per call (53-54 ms at the
+`small` preset), repaid within the first few dozen decode steps (`python benchmarks/decode_layouts.py`
+measures both). Off-CPU, or on a mesh (where the fused matrices would cut across the tensor-parallel split),
 the steps read the parameters as they are; `Engine(decode_kernels=...)` overrides the choice.
 
 Sharding: with a mesh, per-row inputs, the prompt cache's prompt axis and the completion cache's row

@@ -127,6 +127,16 @@ class GatedMLP(nnx.Module):
             hidden = constrain_hidden(hidden)
         return self.down_proj(hidden)
 
+    def out_in_kernels(self) -> tuple[jax.Array, jax.Array]:
+        """(gate and up as one (2 * hidden, dim) matrix, down as (dim, hidden)): for `with_out_in_kernels`."""
+        gate_up = jnp.concatenate([self.gate_proj.out_in_kernel()[0], self.up_proj.out_in_kernel()[0]], axis=0)
+        return gate_up, self.down_proj.out_in_kernel()[0]
+
+    def with_out_in_kernels(self, x: jax.Array, gate_up: jax.Array, down: jax.Array) -> jax.Array:
+        """`__call__` through the (out, in) matrices of `out_in_kernels` (one matmul for gate and up)."""
+        gate, up = jnp.split(out_in_dense(x, gate_up, None, self.down_proj.dtype), 2, axis=-1)
+        return out_in_dense(jax.nn.silu(gate) * up, down, None, self.down_proj.dtype)
+
 
 def rotate_half(x: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2

@@ -17,8 +17,8 @@ Sampling several completions of one prompt (GRPO's group) decodes through a seco
 keys/values per sample. Its keys are dimension-major, (rows, kv_heads, head_dim, slots), its values as
 above: a decode step's scores are then a plain (queries x head_dim) @ (head_dim x slots) product,
 where the (slots, head_dim) layout makes the batched matmul contract the minor dim of both operands,
-which XLA:CPU runs about 4x slower at decode shapes (64 completion scores of 4 x 64 by 64 x 128: 264
-against 65 us; the decode step of `python benchmarks/generate_vs_hf.py` lost about 2.5 ms of 32). The
+which XLA:CPU runs about 4x slower at decode shapes (one layer's completion scores at `generate_vs_hf`'s
+decode shape: 266-268 against 63-67 us, `python benchmarks/decode_layouts.py`). The
 prompt keys are transposed once, when the cache is built from the prefill's. `LanguageModel.decode_step`
 feeds one token per row through that
 cache; its attention (`shared_prompt_attention`) scores the G samples' queries of a prompt together
@@ -156,10 +156,11 @@ class DecodeKernels:
     """The language model's weights re-laid out for the rollout engine's CPU decode step (see
     `sampling.engine`): per layer a `LayerDecodeKernels`, and the LM head as a (vocab, hidden) matrix.
 
-    Why: at decode shapes (a few dozen rows times a weight matrix) XLA:CPU's matmul runs about 15%
-    faster, 30% for the vocabulary projection, when the weight is (out, in) rather than the (in, out)
-    the model stores; built once per generate call (one transposed copy of the language model's
-    weights), read by every decode step.
+    Why: at decode shapes (a few dozen rows times a weight matrix) XLA:CPU's matmul runs 1.15-1.17x
+    faster for the MLP matrices and 1.13-1.16x for the vocabulary projection when the weight is
+    (out, in) rather than the (in, out) the model stores (`python benchmarks/decode_layouts.py`);
+    built once per generate call (one transposed copy of the language model's weights), read by
+    every decode step.
     """
 
     layers: tuple[LayerDecodeKernels, ...]
@@ -185,8 +186,7 @@ def shared_prompt_attention(query: jax.Array, prompt_keys: jax.Array, prompt_val
     one softmax: a common max, one denominator (the sums of both parts). The queries are scaled by
     1/sqrt(D) before the scores (float32, then back to their dtype), and each part's unnormalised
     weights exp(score - max) weight its own values; the (R, KV, Q, D) sum is divided by the
-    denominator last, instead of every score: fewer passes over the score arrays (`python
-    benchmarks/generate_vs_hf.py`: about 1.5 ms of a 28 ms CPU decode step). Scores and softmax run in
+    denominator last, instead of every score: fewer passes over the score arrays. Scores and softmax run in
     float32 as in `grouped_attention`. A row must have at least one completion slot marked (the token
     being decoded), so no row is ever all masked.
     """
@@ -374,11 +374,9 @@ class DecoderAttention(nnx.Module):
         out = shared_prompt_attention(query, compute(prompt_keys), compute(prompt_values), prompt_mask,
                                       compute(completion_keys), compute(completion_values), completion_mask,
                                       dim_major_keys=True)
-        out = out.reshape(rows, 1, -1, out.shape[-1])
-        if kernels is not None:
-            return (out_in_dense(out.reshape(rows, 1, -1), kernels.out, None, self.o_proj.dtype),
-                    (completion_keys, completion_values))
-        return self.o_proj(out), (completion_keys, completion_values)
+        out = (self.o_proj(out.reshape(rows, 1, -1, out.shape[-1])) if kernels is None
+               else out_in_dense(out.reshape(rows, 1, -1), kernels.out, None, self.o_proj.dtype))
+        return out, (completion_keys, completion_values)
 
 
 class DecoderLayer(nnx.Module):
@@ -400,23 +398,16 @@ class DecoderLayer(nnx.Module):
         """`__call__` for one token per row over a `SharedPromptCache` layer (see `DecoderAttention.decode_step`)."""
         attended, new_cache = self.self_attn.decode_step(self.input_layernorm(x), cos, sin, layer_cache, prompt_mask,
                                                          completion_mask, completion_index, kernels)
-        x = x + attended
-        if kernels is None:
-            return self._feed_forward(x), new_cache
-        gate, up = jnp.split(out_in_dense(self.post_attention_layernorm(x), kernels.gate_up, None, self.mlp.down_proj.dtype),
-                             2, axis=-1)
-        return x + out_in_dense(jax.nn.silu(gate) * up, kernels.down, None, self.mlp.down_proj.dtype), new_cache
+        return self._feed_forward(x + attended, kernels), new_cache
 
     def decode_kernels(self) -> LayerDecodeKernels:
         """This layer's matrices re-laid out for the decode step (see `DecodeKernels`)."""
         attention, mlp = self.self_attn, self.mlp
         qkv = [p.out_in_kernel() for p in (attention.q_proj, attention.k_proj, attention.v_proj)]
+        gate_up, down = mlp.out_in_kernels()
         return LayerDecodeKernels(qkv=jnp.concatenate([kernel for kernel, _ in qkv], axis=0),
                                   qkv_bias=jnp.concatenate([bias for _, bias in qkv], axis=0),
-                                  out=attention.o_proj.out_in_kernel()[0],
-                                  gate_up=jnp.concatenate([mlp.gate_proj.out_in_kernel()[0],
-                                                           mlp.up_proj.out_in_kernel()[0]], axis=0),
-                                  down=mlp.down_proj.out_in_kernel()[0])
+                                  out=attention.o_proj.out_in_kernel()[0], gate_up=gate_up, down=down)
 
     def shared_prompt_forward(self, prompt_x, completion_x, prompt_rope, completion_rope, prompt_causal_mask,
                               prompt_mask, completion_mask):
@@ -426,9 +417,13 @@ class DecoderLayer(nnx.Module):
             prompt_causal_mask, prompt_mask, completion_mask)
         return self._feed_forward(prompt_x + prompt_attended), self._feed_forward(completion_x + completion_attended)
 
-    def _feed_forward(self, x):
-        """The layer's second residual half: x + MLP(norm(x))."""
-        x = x + self.mlp(self.post_attention_layernorm(x), lambda h: constrain(h, ("batch", "length", "act_mlp")))
+    def _feed_forward(self, x, kernels: LayerDecodeKernels | None = None):
+        """The layer's second residual half: x + MLP(norm(x)); through the MLP's decode kernels when given."""
+        normed = self.post_attention_layernorm(x)
+        if kernels is None:
+            x = x + self.mlp(normed, lambda h: constrain(h, ("batch", "length", "act_mlp")))
+        else:
+            x = x + self.mlp.with_out_in_kernels(normed, kernels.gate_up, kernels.down)
         return constrain(x, ("batch", "length", "act_embed"))
 
 
