@@ -167,37 +167,57 @@ def sample_tokens(logits: jax.Array, row_keys: jax.Array) -> tuple[jax.Array, ja
     instead of per vocabulary entry: ~20x cheaper on CPU, same distribution). A zero-weight token is
     never returned, even when rounding puts the target at the very end of the cumulative sum.
     """
+    tokens, log_probs, _ = _sample_with_normaliser(logits, row_keys)
+    return tokens, log_probs
+
+
+def _sample_with_normaliser(logits: jax.Array, row_keys: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`sample_tokens` plus logsumexp(logits) (R,), from the sums the draw makes anyway.
+
+    The exp weights are never stored for the whole vocabulary: the block masses reduce exp(logits - max)
+    on the fly and the chosen block's weights are recomputed (one block per row), which saves writing
+    and re-reading a (rows, vocab) array every step.
+    """
     top = jnp.max(logits, axis=-1, keepdims=True)
-    weights = jnp.exp(logits - top)
-    blocks, block = _blocked(weights, 0.0)
+    blocks, block = _blocked(logits, -jnp.inf)
     uniform = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(row_keys)
-    block_mass = jnp.sum(blocks, axis=-1)  # (R, num_blocks)
+    block_mass = jnp.sum(jnp.exp(blocks - top[:, :, None]), axis=-1)  # (R, num_blocks)
     block_cdf = jnp.cumsum(block_mass, axis=-1)
     target = uniform * block_cdf[:, -1]
     # The chosen entry is the first whose cumulative weight exceeds the target.
     chosen_block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), _last_positive_index(block_mass))
-    inside = _gather_block(blocks, chosen_block)  # (R, block)
+    inside = jnp.exp(_gather_block(blocks, chosen_block) - top)  # (R, block)
     before = jnp.take_along_axis(block_cdf, chosen_block[:, None], axis=1)[:, 0] - jnp.sum(inside, axis=-1)
     inner_cdf = before[:, None] + jnp.cumsum(inside, axis=-1)
     inner = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), _last_positive_index(inside))
     tokens = (chosen_block * block + inner).astype(jnp.int32)
+    normaliser = top[:, 0] + jnp.log(block_cdf[:, -1])
     # log softmax at the token from the sums already made (no second pass over the vocabulary).
-    log_probs = _picked(logits, tokens) - top[:, 0] - jnp.log(block_cdf[:, -1])
-    return tokens, log_probs
+    return tokens, _picked(logits, tokens) - normaliser, normaliser
 
 
 def _picked(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
 
 
+def _split_suppressed(logits: jax.Array, token_ids: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+    """(logits with the ids in `token_ids` set to -inf, the logits those ids had (R, K), -inf for -1 entries;
+    None when nothing is suppressed).
+
+    A scatter into K columns and a gather of them: XLA writes the -inf in place, where a mask compared
+    against every vocabulary id would be one more full pass over the logits each step.
+    """
+    if token_ids is None or token_ids.shape[0] == 0:
+        return logits, None
+    # -1 entries point past the vocabulary: dropped by the scatter, filled with -inf by the gather.
+    columns = jnp.where(token_ids >= 0, token_ids, logits.shape[-1])
+    removed = logits.at[:, columns].get(mode="fill", fill_value=-jnp.inf)
+    return logits.at[:, columns].set(-jnp.inf, mode="drop"), removed
+
+
 def suppress_tokens(logits: jax.Array, token_ids: jax.Array | None) -> jax.Array:
     """float32 logits with the ids in `token_ids` (int32 (K,), -1 entries ignored) set to -inf."""
-    logits = logits.astype(jnp.float32)
-    if token_ids is None or token_ids.shape[0] == 0:
-        return logits
-    vocab_ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-    banned = jnp.any(vocab_ids[None, :] == token_ids[:, None], axis=0)
-    return jnp.where(banned, -jnp.inf, logits)
+    return _split_suppressed(logits.astype(jnp.float32), token_ids)[0]
 
 
 def choose_tokens(logits: jax.Array, row_keys: jax.Array, config: SamplingConfig,
@@ -208,14 +228,30 @@ def choose_tokens(logits: jax.Array, row_keys: jax.Array, config: SamplingConfig
     suppressed: int32 ids never to choose (-1 entries ignored).
     """
     scale = 1.0 if config.greedy else config.temperature
-    policy = jax.nn.log_softmax(logits.astype(jnp.float32) / scale, axis=-1)
-    allowed = suppress_tokens(logits, suppressed)
+    logits = logits.astype(jnp.float32)
+    # The full-vocabulary normaliser comes first: `allowed` may be written into the logits' own buffer.
+    full_normaliser = None if _unfiltered(config, logits.shape[-1]) else jax.nn.logsumexp(logits / scale, axis=-1)
+    allowed, removed = _split_suppressed(logits, suppressed)
     if config.greedy:
         tokens = greedy_tokens(allowed)
-        chosen = _picked(policy, tokens)
-        return tokens, chosen, chosen
-    tokens, sampled = sample_tokens(filter_logits(allowed, config), row_keys)
-    return tokens, sampled, _picked(policy, tokens)
+    elif full_normaliser is None:
+        # Nothing filtered: the sampled distribution is the policy's with the suppressed ids taken out,
+        # so the policy's normaliser is the draw's plus the suppressed ids' mass (added in log space:
+        # exact whatever their size).
+        tokens, sampled, allowed_normaliser = _sample_with_normaliser(allowed / scale, row_keys)
+        normaliser = allowed_normaliser if removed is None else jnp.logaddexp(
+            allowed_normaliser, jax.nn.logsumexp(removed / scale, axis=-1))
+        # A chosen token is never suppressed, so its logit is read from `allowed`.
+        return tokens, sampled, _picked(allowed, tokens) / scale - normaliser
+    else:
+        tokens, sampled = sample_tokens(filter_logits(allowed, config), row_keys)
+    policy = _picked(allowed, tokens) / scale - full_normaliser
+    return tokens, policy if config.greedy else sampled, policy
+
+
+def _unfiltered(config: SamplingConfig, vocab: int) -> bool:
+    """Sampling from the whole (temperature-scaled) distribution: no top-k / top-p filter, not greedy."""
+    return not config.greedy and (config.top_k == 0 or config.top_k >= vocab) and config.top_p == 1.0
 
 
 def row_keys(rng: jax.Array, num_rows: int) -> jax.Array:

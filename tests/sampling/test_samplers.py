@@ -120,3 +120,26 @@ def test_only_tokens_with_weight_are_drawn():
     tokens, log_probs = draw(jax.random.key(5))
     np.testing.assert_array_equal(np.asarray(tokens), np.array([[0], [vocab - 1], [5]]).repeat(draws, axis=1))
     np.testing.assert_array_equal(np.asarray(log_probs), 0.0)  # probability 1
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_policy_log_probs_count_the_mass_of_suppressed_tokens(temperature):
+    # A suppressed token far more likely than the rest: the policy log-prob of what is drawn is taken
+    # over the whole vocabulary (about -scale / temperature here), exactly, not lost to underflow.
+    logits = np.random.default_rng(4).standard_normal((4, 50)).astype(np.float32)
+    logits[:, 7] = 120.0
+    suppressed = jnp.asarray([7, -1, 3, -1], jnp.int32)
+    keys = step_keys(row_keys(jax.random.key(1), 4), 0)
+    choose = jax.jit(choose_tokens, static_argnums=2)
+    tokens, sampled, policy = choose(jnp.asarray(logits), keys, SamplingConfig(temperature=temperature), suppressed)
+    tokens = np.asarray(tokens)
+    assert not np.isin(tokens, [3, 7]).any()
+    scaled = logits.astype(np.float64) / temperature
+    full = scaled - np.log(np.exp(scaled - scaled.max(-1, keepdims=True)).sum(-1, keepdims=True)) - scaled.max(
+        -1, keepdims=True)
+    allowed = np.where(np.isin(np.arange(50), [3, 7]), -np.inf, scaled)
+    renormalised = allowed - np.log(np.exp(allowed - allowed.max(-1, keepdims=True)).sum(-1, keepdims=True)) - (
+        allowed.max(-1, keepdims=True))
+    rows = np.arange(4)
+    np.testing.assert_allclose(np.asarray(policy), full[rows, tokens], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(sampled), renormalised[rows, tokens], atol=1e-5)
