@@ -711,7 +711,8 @@ def _compile_rollout(config: Any, model_config: models.Qwen2_5_VLConfig, trainin
     during the rollout."""
     from facialr1_jax.sampling import Engine
     from facialr1_jax.sampling.batch import PromptBatch
-    from facialr1_jax.sampling.engine import _Settings, batch_bucket, default_stop_token_ids, token_id_array
+    from facialr1_jax.sampling.engine import (_Settings, batch_bucket, default_stop_token_ids,
+                                              grown_cache_warnings_ignored, token_id_array)
     from facialr1_jax.sampling.samplers import SamplingConfig
     from facialr1_jax.train import step as step_lib
 
@@ -743,8 +744,9 @@ def _compile_rollout(config: Any, model_config: models.Qwen2_5_VLConfig, trainin
         engine._prefill_program, params, *prefill_args, stops, suppressed, mesh=mesh, rules=engine.rules,
         settings=settings)
     decode_state = abstract_like(prefill_lowered.out_info, prefill.output_shardings)
-    _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, None, mesh=mesh,
-                                         rules=engine.rules, settings=settings)
+    with grown_cache_warnings_ignored(settings):
+        _, decode, decode_seconds = _compile(engine._decode_program, params, decode_state, None, mesh=mesh,
+                                             rules=engine.rules, settings=settings)
     return {"engine": engine, "settings": settings, "params": params, "stops": stops, "suppressed": suppressed,
             "prefill_args": prefill_args, "prefill": prefill, "prefill_seconds": prefill_seconds,
             "decode_state": decode_state, "decode": decode, "decode_seconds": decode_seconds}, notes

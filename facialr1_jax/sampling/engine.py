@@ -6,8 +6,8 @@ parameters are a traced argument, the graph definition is static):
 1. prefill(params, prompts, rng): vision tower + one decoder pass over the B left-padded prompts into a
    KV cache of P slots, one row per prompt. That cache becomes (never repeated; its keys transposed to
    the dimension-major layout the decode attention reads) the prompt part of a `SharedPromptCache`
-   (`models.qwen2_5_vl.text`); its completion part, T = max_new_tokens
-   slots, has one row per sample: R = B * G rows ordered [prompt0 x G, prompt1 x G, ...]. The last
+   (`models.qwen2_5_vl.text`); its completion part has one row per sample, R = B * G rows ordered
+   [prompt0 x G, prompt1 x G, ...], and the first completion window's slots (below). The last
    position's logits are repeated G times and the first token of every row is drawn. Each (image,
    prompt) is encoded, and its keys/values stored, once however many samples it gets.
 2. decode(params, state): a `lax.while_loop` that feeds the previous token through
@@ -18,6 +18,10 @@ parameters are a traced argument, the graph definition is static):
    draws token t, until max_new_tokens or until every row has stopped. The decode state (cache
    included) is donated, so the loop updates the completion cache in place. num_samples = 1
    (evaluation, synthesis) is the same program with groups of one.
+   Completion windows: a step reads its rows' whole completion cache, written or not, so the loop runs
+   in up to three windows (`completion_windows`: 128 new tokens -> 32, 64, then 128 slots), one
+   `while_loop` each, the cache grown with zeros in between; the tokens are the one-window decode's
+   (masked slots weigh exactly 0). `Engine(grow_completion_cache=False)` decodes in one window.
 
 Randomness: row r draws token t with key fold_in(fold_in(rng, r), t), so one prefill fanned out to G rows
 samples with the same keys as the same prompts repeated G times with the same rng (same tokens, up to
@@ -45,7 +49,9 @@ does not gather FSDP shards.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
@@ -122,6 +128,41 @@ class _Settings:
     pad_token_id: int
     cache_dtype: str
     return_logits: bool
+    grow_completion_cache: bool = True
+
+    @property
+    def completion_windows(self) -> tuple[int, ...]:
+        return completion_windows(self.max_new_tokens) if self.grow_completion_cache else (self.max_new_tokens,)
+
+
+MIN_COMPLETION_WINDOW = 32  # smaller windows save too little to pay for another compiled loop
+
+
+def completion_windows(max_new_tokens: int) -> tuple[int, ...]:
+    """The completion-cache sizes one decode grows through: max_new_tokens / 4 and / 2 (those of at least
+    MIN_COMPLETION_WINDOW slots), then max_new_tokens; e.g. 128 -> (32, 64, 128), 48 -> (48,).
+
+    Why: every decode step reads its rows' whole completion cache (keys and values of every layer),
+    written or not, and attends all of it, so its cost grows with the slots rather than with the tokens
+    written so far. Running the first quarter of the tokens over a quarter of the slots and the next
+    quarter over half reads about two thirds of what one window would; `benchmarks/generate_vs_hf.py`
+    reports what that saves end to end (`windows_speedup`). Each window is one more compiled copy of
+    the loop, hence at most three, and none under MIN_COMPLETION_WINDOW slots.
+    """
+    smaller = [max_new_tokens // 4, max_new_tokens // 2]
+    return tuple(dict.fromkeys([w for w in smaller if w >= MIN_COMPLETION_WINDOW] + [max_new_tokens]))
+
+
+@contextlib.contextmanager
+def grown_cache_warnings_ignored(settings: _Settings):
+    """Silences JAX's "Some donated buffers were not usable" for a decode that grows its completion cache:
+    the donated first-window buffers cannot become the (larger) outputs, by design; every other donated
+    buffer is used in place as before. For a one-window decode the warning still shows: there it would
+    mean something."""
+    with warnings.catch_warnings():
+        if len(settings.completion_windows) > 1:
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        yield
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +249,7 @@ class Engine:
 
     def __init__(self, graphdef: Any, config: Qwen2_5_VLConfig, *, mesh: Mesh | None = None,
                  rules: Rules | None = None, cache_dtype: Any = None, bucket_batch: bool = True,
-                 decode_kernels: bool | None = None):
+                 decode_kernels: bool | None = None, grow_completion_cache: bool = True):
         self.graphdef = graphdef
         self.config = config
         self.mesh = mesh
@@ -217,6 +258,8 @@ class Engine:
         self.bucket_batch = bucket_batch
         # Decode through `DecodeKernels` (see the module docstring); None = on one CPU device.
         self.decode_kernels = _default_decode_kernels(mesh) if decode_kernels is None else bool(decode_kernels)
+        # Decode through growing completion windows (`completion_windows`); False = one loop over all slots.
+        self.grow_completion_cache = bool(grow_completion_cache)
         self._prefill_program = jax.jit(self._prefill, static_argnames=("settings",))
         self._kernels_program = jax.jit(self._kernels)
         self._decode_program = jax.jit(self._decode, static_argnames=("settings",), donate_argnames=("state",))
@@ -264,7 +307,9 @@ class Engine:
             return x if fan_out == 1 else jnp.repeat(x, fan_out, axis=0)
 
         # The prompt's keys/values stay one row per prompt; only the completion part has a row per sample.
-        cache = shared_prompt_cache(self.config.text_config, prompt_cache, fan_out, new_tokens, settings.cache_dtype)
+        # The completion part starts at the first window's size; the decode grows it (`completion_windows`).
+        cache = shared_prompt_cache(self.config.text_config, prompt_cache, fan_out, settings.completion_windows[0],
+                                    settings.cache_dtype)
         # Rows split over the batch mesh axes for sampling (each device draws for its own rows).
         logits = constrain(fan(logits), ROW_AXES)
         rows = prompts * fan_out
@@ -313,7 +358,11 @@ class Engine:
                                                                 s.suppressed_token_ids)
             return _record(s.replace(cache=cache), step, tokens, log_probs, policy_log_probs, logits, settings)
 
-        final = jax.lax.while_loop(unfinished, next_token, state)
+        # One loop per completion window: tokens 1..window write slots 0..window - 1, then the cache grows.
+        final = state
+        for window in settings.completion_windows:
+            final = jax.lax.while_loop(lambda s, window=window: unfinished(s) & (s.step <= window), next_token,
+                                       final.replace(cache=final.cache.with_completion_length(window)))
         mask = (jnp.arange(new_tokens)[None, :] < final.lengths[:, None]).astype(jnp.float32)
         return final, mask
 
@@ -337,9 +386,9 @@ class Engine:
                                   temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, rng=rng,
                                   stop_token_ids=stop_token_ids, suppress_token_ids=suppress_token_ids,
                                   return_logits=return_logits)
-        with self._tracing_context():
+        with self._tracing_context(call.settings):
             state = self._prefill_program(*call.prefill_args, settings=call.settings)
-            kernels = self._kernels_program(call.params) if self.decode_kernels else None
+            kernels = self._kernels_program(call.params) if self._uses_kernels(call.settings) else None
             final, mask = self._decode_program(call.params, state, kernels, settings=call.settings)
         out = GenerationOutput(tokens=final.tokens, log_probs=final.log_probs,
                                policy_log_probs=final.policy_log_probs, mask=mask, lengths=final.lengths,
@@ -356,10 +405,10 @@ class Engine:
         (compiled if it is not yet; nothing is executed). For inspecting a decode step: layouts,
         transposes, fusions, collectives."""
         call = self._prepare_call(params, batch, max_new_tokens=max_new_tokens, **generate_options)
-        with self._tracing_context():
+        with self._tracing_context(call.settings):
             state = jax.eval_shape(lambda *args: self._prefill_program(*args, settings=call.settings),
                                    *call.prefill_args)
-            kernels = jax.eval_shape(self._kernels_program, call.params) if self.decode_kernels else None
+            kernels = jax.eval_shape(self._kernels_program, call.params) if self._uses_kernels(call.settings) else None
             lowered = self._decode_program.lower(call.params, state, kernels, settings=call.settings)
         return lowered.compile().as_text()
 
@@ -387,7 +436,8 @@ class Engine:
                                     "suppress_token_ids", vocab)
         settings = _Settings(num_samples=int(num_samples), max_new_tokens=int(max_new_tokens), sampling=sampling,
                              pad_token_id=self.pad_token_id,
-                             cache_dtype=self.cache_dtype.name, return_logits=bool(return_logits))
+                             cache_dtype=self.cache_dtype.name, return_logits=bool(return_logits),
+                             grow_completion_cache=self.grow_completion_cache)
 
         real_rows = batch.batch_size * settings.num_samples
         real_prompts = np.ones((batch.batch_size,), bool)
@@ -397,6 +447,10 @@ class Engine:
         batch, real_prompts = self._place(batch, real_prompts)
         return _Call(params=params, prefill_args=(params, batch, real_prompts, rng, stops, suppressed),
                      settings=settings, real_rows=real_rows)
+
+    def _uses_kernels(self, settings: _Settings) -> bool:
+        # With one new token (drawn by the prefill) the decode loop never runs a step.
+        return self.decode_kernels and settings.max_new_tokens > 1
 
     def _default_key(self) -> jax.Array:
         if self._greedy_key is None:
@@ -425,12 +479,15 @@ class Engine:
                 return int(candidate)
         raise AssertionError("unreachable: three distinct candidates cannot all be reserved")
 
-    def _tracing_context(self):
-        if self.mesh is None:
-            import contextlib
-
-            return contextlib.nullcontext()
-        return activation_sharding(self.mesh, self.rules)
+    def _tracing_context(self, settings: _Settings | None = None) -> contextlib.ExitStack:
+        """The context the programs are traced in: the mesh's activation constraints (with a mesh) and,
+        for a decode through several completion windows, `grown_cache_warnings_ignored`."""
+        stack = contextlib.ExitStack()
+        if self.mesh is not None:
+            stack.enter_context(activation_sharding(self.mesh, self.rules))
+        if settings is not None:
+            stack.enter_context(grown_cache_warnings_ignored(settings))
+        return stack
 
     def _place(self, batch: PromptBatch, real_prompts: np.ndarray) -> tuple[PromptBatch, jax.Array]:
         """Host arrays -> device arrays; with a mesh, per-row arrays split over the batch axes."""

@@ -116,6 +116,20 @@ class SharedPromptCache:
     def completion_length(self) -> int:
         return int(self.completion_values[0].shape[2])
 
+    def with_completion_length(self, slots: int) -> "SharedPromptCache":
+        """The cache grown to `slots` completion slots: the existing ones kept, the new ones empty (zero).
+        The rollout engine decodes through growing windows of slots this way, so that early steps do
+        not read (and attend) the empty slots of the whole completion."""
+        current = self.completion_length
+        if slots < current:
+            raise ValueError(f"a completion part of {current} slots cannot shrink to {slots}")
+        if slots == current:
+            return self
+        grow = lambda x, axis: jnp.pad(x, [(0, slots - current if a == axis else 0) for a in range(x.ndim)])
+        return self.replace(
+            completion_keys=tuple(constrain(grow(k, 3), DIM_MAJOR_KEY_AXES) for k in self.completion_keys),
+            completion_values=tuple(constrain(grow(v, 2), CACHE_AXES) for v in self.completion_values))
+
 
 def shared_prompt_cache(config: TextConfig, prompt_cache: KVCache, samples_per_prompt: int, completion_length: int,
                         dtype=None) -> SharedPromptCache:
