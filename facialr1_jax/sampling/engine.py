@@ -23,7 +23,8 @@ parameters are a traced argument, the graph definition is static):
    `while_loop` each, the cache grown with zeros in between; the tokens are the one-window decode's
    (masked slots weigh exactly 0). `Engine(grow_completion_cache=False)` decodes in one window.
 
-Randomness: row r draws token t with key fold_in(fold_in(rng, r), t), so one prefill fanned out to G rows
+Randomness: row r draws token t with key fold_in(fold_in(rng, r), t) (all the decode's numbers are
+drawn once, in the prefill: `samplers.step_uniforms`), so one prefill fanned out to G rows
 samples with the same keys as the same prompts repeated G times with the same rng (same tokens, up to
 float rounding: the two group the prompt's attention differently).
 
@@ -64,7 +65,7 @@ from facialr1_jax.models import Qwen2_5_VLConfig, decode_position_ids
 from facialr1_jax.models.qwen2_5_vl.text import DecodeKernels, SharedPromptCache, shared_prompt_cache
 from facialr1_jax.parallel.rules import SAMPLING_RULES, Rules, activation_sharding, constrain, logical_to_spec
 from facialr1_jax.sampling.batch import PromptBatch
-from facialr1_jax.sampling.samplers import SamplingConfig, choose_tokens, row_keys, step_keys
+from facialr1_jax.sampling.samplers import SamplingConfig, choose_tokens, row_keys, step_uniforms
 
 
 ROW_AXES = ("batch", None)  # per-row (R, ...) arrays: rows over the batch mesh axes
@@ -113,7 +114,7 @@ class DecodeState:
     prompt_slots: jax.Array  # (B, P) bool: prompt cache slots holding real prompt tokens
     prompt_tokens: jax.Array  # (R,) int32 real prompt tokens
     rope_deltas: jax.Array  # (R,) int32
-    keys: jax.Array  # (R,) one PRNG key per row
+    uniforms: jax.Array | None  # (R, T) f32: the number each row's token t is drawn with (None when greedy)
     stop_token_ids: jax.Array  # (K,) int32, padded with -1 (never generated)
     suppressed_token_ids: jax.Array  # (K,) int32 ids never sampled, padded with -1
 
@@ -211,6 +212,10 @@ def token_id_array(token_ids: Sequence[int], what: str, vocab_size: int) -> np.n
         raise ValueError(f"{what} must be token ids in [0, {vocab_size}), got {bad}")
     slots = max(ID_SLOTS, -(-len(ids) // ID_SLOTS) * ID_SLOTS)
     return np.asarray(ids + [-1] * (slots - len(ids)), np.int32)
+
+
+def _column(uniforms: jax.Array | None, step) -> jax.Array | None:
+    return None if uniforms is None else jax.lax.dynamic_index_in_dim(uniforms, step, axis=1, keepdims=False)
 
 
 def _is_stop(tokens: jax.Array, stop_token_ids: jax.Array) -> jax.Array:
@@ -313,7 +318,9 @@ class Engine:
         # Rows split over the batch mesh axes for sampling (each device draws for its own rows).
         logits = constrain(fan(logits), ROW_AXES)
         rows = prompts * fan_out
-        keys = row_keys(rng, rows)
+        # Every step's random numbers at once: row r's token t uses fold_in(fold_in(rng, r), t).
+        uniforms = None if settings.sampling.greedy else constrain(step_uniforms(row_keys(rng, rows), new_tokens),
+                                                                    ROW_AXES)
         vocab = logits.shape[-1]
         state = DecodeState(
             cache=cache,
@@ -327,12 +334,12 @@ class Engine:
             prompt_slots=prompt_slots,
             prompt_tokens=fan(batch.attention_mask.astype(jnp.int32).sum(axis=1)),
             rope_deltas=fan(batch.rope_deltas),
-            keys=keys,
+            uniforms=uniforms,
             stop_token_ids=stop_token_ids,
             suppressed_token_ids=suppressed_token_ids,
         )
-        tokens, log_probs, policy_log_probs = choose_tokens(logits, step_keys(keys, 0), settings.sampling,
-                                                            suppressed_token_ids)
+        tokens, log_probs, policy_log_probs = choose_tokens(logits, None, settings.sampling, suppressed_token_ids,
+                                                            uniforms=_column(uniforms, 0))
         return _record(state, 0, tokens, log_probs, policy_log_probs, logits, settings)
 
     def _kernels(self, params) -> DecodeKernels:
@@ -354,8 +361,9 @@ class Engine:
             hidden, cache = model.language_model.decode_step(model.embed(previous), positions, s.cache,
                                                              s.prompt_slots, step - 1, kernels)
             logits = constrain(model.logits(hidden[:, 0], kernels), ROW_AXES)
-            tokens, log_probs, policy_log_probs = choose_tokens(logits, step_keys(s.keys, step), settings.sampling,
-                                                                s.suppressed_token_ids)
+            tokens, log_probs, policy_log_probs = choose_tokens(logits, None, settings.sampling,
+                                                                s.suppressed_token_ids,
+                                                                uniforms=_column(s.uniforms, step))
             return _record(s.replace(cache=cache), step, tokens, log_probs, policy_log_probs, logits, settings)
 
         # One loop per completion window: tokens 1..window write slots 0..window - 1, then the cache grows.

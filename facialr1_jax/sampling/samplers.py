@@ -167,12 +167,17 @@ def sample_tokens(logits: jax.Array, row_keys: jax.Array) -> tuple[jax.Array, ja
     instead of per vocabulary entry: ~20x cheaper on CPU, same distribution). A zero-weight token is
     never returned, even when rounding puts the target at the very end of the cumulative sum.
     """
-    tokens, log_probs, _ = _sample_with_normaliser(logits, row_keys)
+    tokens, log_probs, _ = _sample_with_normaliser(logits, row_uniforms(row_keys))
     return tokens, log_probs
 
 
-def _sample_with_normaliser(logits: jax.Array, row_keys: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`sample_tokens` plus logsumexp(logits) (R,), from the sums the draw makes anyway.
+def row_uniforms(row_keys: jax.Array) -> jax.Array:
+    """(R,) float32: the uniform number in [0, 1) each row's key draws (what a sampler step consumes)."""
+    return jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(row_keys)
+
+
+def _sample_with_normaliser(logits: jax.Array, uniform: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`sample_tokens` from given uniforms (R,), plus logsumexp(logits) (R,) from the sums the draw makes.
 
     The exp weights are never stored for the whole vocabulary: the block masses reduce exp(logits - max)
     on the fly and the chosen block's weights are recomputed (one block per row), which saves writing
@@ -180,7 +185,6 @@ def _sample_with_normaliser(logits: jax.Array, row_keys: jax.Array) -> tuple[jax
     """
     top = jnp.max(logits, axis=-1, keepdims=True)
     blocks, block = _blocked(logits, -jnp.inf)
-    uniform = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(row_keys)
     block_mass = jnp.sum(jnp.exp(blocks - top[:, :, None]), axis=-1)  # (R, num_blocks)
     block_cdf = jnp.cumsum(block_mass, axis=-1)
     target = uniform * block_cdf[:, -1]
@@ -220,13 +224,18 @@ def suppress_tokens(logits: jax.Array, token_ids: jax.Array | None) -> jax.Array
     return _split_suppressed(logits.astype(jnp.float32), token_ids)[0]
 
 
-def choose_tokens(logits: jax.Array, row_keys: jax.Array, config: SamplingConfig,
-                  suppressed: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def choose_tokens(logits: jax.Array, row_keys: jax.Array | None, config: SamplingConfig,
+                  suppressed: jax.Array | None = None, *, uniforms: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(tokens (R,) int32, sampled log-probs (R,), policy log-probs (R,)) from logits (R, vocab).
 
-    row_keys (R,) are PRNG keys (typed or raw uint32[2]), one per row; unused when greedy.
+    row_keys (R,) are PRNG keys (typed or raw uint32[2]), one per row; unused when greedy. uniforms: the
+    (R,) numbers those keys draw (`row_uniforms`), when the caller has them already (the rollout engine
+    draws every step's at once, `step_uniforms`); then row_keys is not used.
     suppressed: int32 ids never to choose (-1 entries ignored).
     """
+    if uniforms is None and not config.greedy:
+        uniforms = row_uniforms(row_keys)
     scale = 1.0 if config.greedy else config.temperature
     logits = logits.astype(jnp.float32)
     # The full-vocabulary normaliser comes first: `allowed` may be written into the logits' own buffer.
@@ -238,13 +247,13 @@ def choose_tokens(logits: jax.Array, row_keys: jax.Array, config: SamplingConfig
         # Nothing filtered: the sampled distribution is the policy's with the suppressed ids taken out,
         # so the policy's normaliser is the draw's plus the suppressed ids' mass (added in log space:
         # exact whatever their size).
-        tokens, sampled, allowed_normaliser = _sample_with_normaliser(allowed / scale, row_keys)
+        tokens, sampled, allowed_normaliser = _sample_with_normaliser(allowed / scale, uniforms)
         normaliser = allowed_normaliser if removed is None else jnp.logaddexp(
             allowed_normaliser, jax.nn.logsumexp(removed / scale, axis=-1))
         # A chosen token is never suppressed, so its logit is read from `allowed`.
         return tokens, sampled, _picked(allowed, tokens) / scale - normaliser
     else:
-        tokens, sampled = sample_tokens(filter_logits(allowed, config), row_keys)
+        tokens, sampled, _ = _sample_with_normaliser(filter_logits(allowed, config), uniforms)
     policy = _picked(allowed, tokens) / scale - full_normaliser
     return tokens, policy if config.greedy else sampled, policy
 
@@ -263,3 +272,13 @@ def row_keys(rng: jax.Array, num_rows: int) -> jax.Array:
 def step_keys(keys: jax.Array, step: jax.Array | int) -> jax.Array:
     """The keys of generated token `step` for every row: fold_in(row key, step)."""
     return jax.vmap(lambda key: jax.random.fold_in(key, step))(keys)
+
+
+def step_uniforms(keys: jax.Array, num_steps: int) -> jax.Array:
+    """(R, num_steps) float32: column t holds `row_uniforms(step_keys(keys, t))`, the numbers tokens
+    0..num_steps - 1 are drawn with, the same bits as drawing them step by step.
+
+    Why: on CPU, JAX's threefry runs as a small rolled loop; drawing per decode step meant two such
+    loops (fold_in, then uniform) among the step's few hundred operations. Drawn all at once, they cost
+    one vectorised pass before the decode."""
+    return jax.vmap(lambda step: row_uniforms(step_keys(keys, step)), out_axes=1)(jnp.arange(num_steps))

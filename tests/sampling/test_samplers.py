@@ -143,3 +143,20 @@ def test_policy_log_probs_count_the_mass_of_suppressed_tokens(temperature):
     rows = np.arange(4)
     np.testing.assert_allclose(np.asarray(policy), full[rows, tokens], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(sampled), renormalised[rows, tokens], atol=1e-5)
+
+
+def test_step_uniforms_are_the_per_step_draws():
+    from facialr1_jax.sampling.samplers import row_uniforms, step_uniforms
+
+    keys = row_keys(jax.random.key(9), 5)
+    table = np.asarray(jax.jit(step_uniforms, static_argnums=1)(keys, 7))
+    assert table.shape == (5, 7) and np.all((table >= 0) & (table < 1))
+    for step in (0, 3, 6):
+        np.testing.assert_array_equal(table[:, step], np.asarray(row_uniforms(step_keys(keys, step))))
+    # choose_tokens draws the same tokens from the keys or from their uniforms.
+    logits = jnp.asarray(np.random.default_rng(3).standard_normal((5, 40)).astype(np.float32))
+    for config in (SamplingConfig(temperature=0.8), SamplingConfig(temperature=1.0, top_k=5, top_p=0.9)):
+        from_keys = choose_tokens(logits, step_keys(keys, 3), config)
+        from_uniforms = choose_tokens(logits, None, config, uniforms=jnp.asarray(table[:, 3]))
+        for a, b in zip(from_keys, from_uniforms):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
