@@ -208,8 +208,8 @@ def _split_suppressed(logits: jax.Array, token_ids: jax.Array | None) -> tuple[j
     """(logits with the ids in `token_ids` set to -inf, the logits those ids had (R, K), -inf for -1 entries;
     None when nothing is suppressed).
 
-    A scatter into K columns and a gather of them: XLA writes the -inf in place, where a mask compared
-    against every vocabulary id would be one more full pass over the logits each step.
+    A gather and a scatter of K columns rather than a mask compared against every vocabulary id (XLA still
+    copies the logits once for the scatter, as the suppressed values are read first).
     """
     if token_ids is None or token_ids.shape[0] == 0:
         return logits, None
@@ -234,33 +234,28 @@ def choose_tokens(logits: jax.Array, row_keys: jax.Array | None, config: Samplin
     draws every step's at once, `step_uniforms`); then row_keys is not used.
     suppressed: int32 ids never to choose (-1 entries ignored).
     """
-    if uniforms is None and not config.greedy:
-        uniforms = row_uniforms(row_keys)
-    scale = 1.0 if config.greedy else config.temperature
     logits = logits.astype(jnp.float32)
-    # The full-vocabulary normaliser comes first: `allowed` may be written into the logits' own buffer.
-    full_normaliser = None if _unfiltered(config, logits.shape[-1]) else jax.nn.logsumexp(logits / scale, axis=-1)
     allowed, removed = _split_suppressed(logits, suppressed)
     if config.greedy:
         tokens = greedy_tokens(allowed)
-    elif full_normaliser is None:
+        policy = _picked(allowed, tokens) - jax.nn.logsumexp(logits, axis=-1)
+        return tokens, policy, policy
+    if uniforms is None:
+        uniforms = row_uniforms(row_keys)
+    scale = config.temperature
+    vocab = logits.shape[-1]
+    if (config.top_k == 0 or config.top_k >= vocab) and config.top_p == 1.0:
         # Nothing filtered: the sampled distribution is the policy's with the suppressed ids taken out,
         # so the policy's normaliser is the draw's plus the suppressed ids' mass (added in log space:
         # exact whatever their size).
         tokens, sampled, allowed_normaliser = _sample_with_normaliser(allowed / scale, uniforms)
         normaliser = allowed_normaliser if removed is None else jnp.logaddexp(
             allowed_normaliser, jax.nn.logsumexp(removed / scale, axis=-1))
-        # A chosen token is never suppressed, so its logit is read from `allowed`.
-        return tokens, sampled, _picked(allowed, tokens) / scale - normaliser
     else:
         tokens, sampled, _ = _sample_with_normaliser(filter_logits(allowed, config), uniforms)
-    policy = _picked(allowed, tokens) / scale - full_normaliser
-    return tokens, policy if config.greedy else sampled, policy
-
-
-def _unfiltered(config: SamplingConfig, vocab: int) -> bool:
-    """Sampling from the whole (temperature-scaled) distribution: no top-k / top-p filter, not greedy."""
-    return not config.greedy and (config.top_k == 0 or config.top_k >= vocab) and config.top_p == 1.0
+        normaliser = jax.nn.logsumexp(logits / scale, axis=-1)
+    # A chosen token is never suppressed, so its logit is read from `allowed`.
+    return tokens, sampled, _picked(allowed, tokens) / scale - normaliser
 
 
 def row_keys(rng: jax.Array, num_rows: int) -> jax.Array:
