@@ -30,8 +30,9 @@ What each program reports (`ProgramPlan`):
   * collective traffic: bytes produced per device by all-gather / all-reduce / reduce-scatter /
     all-to-all / collective-permute, per step.
 
-Loops whose trip count the compiler cannot know (the decode `while_loop` stops when every row has
-stopped) are counted at their maximum: `max_new_tokens - 1` decode steps.
+Loops whose trip count the compiler cannot know (the decode `while_loop`s stop when every row has
+stopped) are counted at their maximum: `max_new_tokens - 1` decode steps in all, each completion
+window's loop at the steps it can run (`sampling.engine.completion_window_steps`).
 
 Caveats printed with every plan (`CAVEATS`): on fake CPU devices, XLA:CPU's buffer assignment stands
 in for the accelerator's; it computes bfloat16 matmuls in float32, so gathered weights and their
@@ -94,13 +95,38 @@ class HloCounts:
     unknown_trip_count_loops: int  # while loops counted at the caller's `unknown_trip_count`
 
 
-def count_hlo(hlo_text: str, *, unknown_trip_count: int = 1) -> HloCounts:
+TripCounts = int | Sequence[int]
+
+
+def _trip_counter(unknown_trip_count: TripCounts) -> Callable[[], int]:
+    """Hands out the trip count of each loop without a known one, in the order the loops are met: one
+    number for all of them, or one per loop (more loops than numbers is an error)."""
+    if isinstance(unknown_trip_count, (int, np.integer)):
+        return lambda: int(unknown_trip_count)
+    counts = iter(tuple(int(n) for n in unknown_trip_count))
+    given = len(tuple(unknown_trip_count))
+
+    def next_count() -> int:
+        count = next(counts, None)
+        if count is None:
+            raise ValueError(f"more loops without a known trip count than the {given} trip counts given")
+        return count
+
+    return next_count
+
+
+def count_hlo(hlo_text: str, *, unknown_trip_count: TripCounts = 1) -> HloCounts:
     """Matmul FLOPs and collective bytes of an optimised HLO module (`compiled.as_text()`).
 
     A `dot`'s FLOPs are 2 x (output elements) x (product of the lhs contracting dimensions); a
-    `while` body counts `known_trip_count` times (the compiler's analysis; `unknown_trip_count`
-    when it has none), a conditional counts its costliest branch, fusions and calls once.
+    `while` body counts `known_trip_count` times (the compiler's analysis), a conditional counts its
+    costliest branch, fusions and calls once. A loop without a known trip count counts
+    `unknown_trip_count` times: one number for every such loop, or a sequence with one per loop in the
+    order they run. The HLO text lists a computation's instructions after their operands, so loops
+    that feed each other (the rollout's completion windows) are met in that order; a computation
+    called from two places is counted from its first.
     """
+    trip_count = _trip_counter(unknown_trip_count)
     computations: dict[str, list[tuple[str, str, str, str, str]]] = {}
     entry = None
     current = None
@@ -157,7 +183,7 @@ def count_hlo(hlo_text: str, *, unknown_trip_count: int = 1) -> HloCounts:
                     trip = _TRIP_COUNT.search(attributes)
                     if trip is None:
                         unknown_loops += 1
-                    callees.append((callee, float(trip.group(1)) if trip else float(unknown_trip_count)))
+                    callees.append((callee, float(trip.group(1)) if trip else float(trip_count())))
                 else:
                     callees.append((callee, 1.0))
             for callee, multiplier in callees:
@@ -180,11 +206,22 @@ def count_hlo(hlo_text: str, *, unknown_trip_count: int = 1) -> HloCounts:
     return HloCounts(matmul_flops=flops, collective_bytes=traffic, unknown_trip_count_loops=unknown_loops)
 
 
-def jaxpr_matmul_flops(closed_jaxpr: Any, *, unknown_trip_count: int = 1) -> float:
-    """Global matmul FLOPs of a (closed) jaxpr: scans multiply by their length, `while` bodies by
-    `unknown_trip_count`, conditionals count their costliest branch."""
+def jaxpr_matmul_flops(closed_jaxpr: Any, *, unknown_trip_count: TripCounts = 1) -> float:
+    """Global matmul FLOPs of a (closed) jaxpr: scans multiply by their length, conditionals count their
+    costliest branch, `while` bodies count `unknown_trip_count` times (one number for every loop, or
+    one per loop in the order the jaxpr runs them; a sequence must name every loop)."""
+    trip_count = _trip_counter(unknown_trip_count)
+    total, loops = _jaxpr_flops(closed_jaxpr, trip_count)
+    if not isinstance(unknown_trip_count, (int, np.integer)) and loops != len(tuple(unknown_trip_count)):
+        raise ValueError(f"the jaxpr has {loops} while loops, but {len(tuple(unknown_trip_count))} trip counts "
+                         f"were given")
+    return total
+
+
+def _jaxpr_flops(closed_jaxpr: Any, trip_count: Callable[[], int]) -> tuple[float, int]:
+    """(matmul FLOPs, while loops met) of `jaxpr_matmul_flops`."""
     jaxpr = getattr(closed_jaxpr, "jaxpr", closed_jaxpr)
-    total = 0.0
+    total, loops = 0.0, 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name == "dot_general":
@@ -193,24 +230,29 @@ def jaxpr_matmul_flops(closed_jaxpr: Any, *, unknown_trip_count: int = 1) -> flo
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[d] for d in lhs_contracting)
             continue
         if name == "cond":
-            total += max(jaxpr_matmul_flops(branch, unknown_trip_count=unknown_trip_count)
-                         for branch in eqn.params["branches"])
+            # Every branch is walked for its loops; the costliest one counts.
+            branches = [_jaxpr_flops(branch, trip_count) for branch in eqn.params["branches"]]
+            total += max(flops for flops, _ in branches)
+            loops += sum(count for _, count in branches)
             continue
         multiplier = 1.0
         if name == "scan":
             multiplier = float(eqn.params["length"])
         elif name == "while":
-            multiplier = float(unknown_trip_count)
+            multiplier = float(trip_count())
+            loops += 1
         for key, value in eqn.params.items():
             if name == "while" and key == "cond_jaxpr":
                 continue
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 if isinstance(sub, (jax_core.Jaxpr, jax_core.ClosedJaxpr)):
-                    total += multiplier * jaxpr_matmul_flops(sub, unknown_trip_count=unknown_trip_count)
-    return total
+                    flops, count = _jaxpr_flops(sub, trip_count)
+                    total += multiplier * flops
+                    loops += count
+    return total, loops
 
 
-def forward_flops(fn: Callable, *args: Any, unknown_trip_count: int = 1) -> float:
+def forward_flops(fn: Callable, *args: Any, unknown_trip_count: TripCounts = 1) -> float:
     """Global matmul FLOPs of `fn(*args)` (arguments may be ShapeDtypeStructs; nothing runs)."""
     return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args), unknown_trip_count=unknown_trip_count)
 
@@ -399,12 +441,19 @@ class ProgramPlan:
 
 
 def _program_plan(name: str, compiled: Any, seconds: float, *, executions: float, resident_bytes: int,
-                  model_flops: float, unknown_trip_count: int = 1, expect_unknown_loops: int = 0) -> ProgramPlan:
+                  model_flops: float, unknown_trip_counts: Sequence[int] = ()) -> ProgramPlan:
+    """`unknown_trip_counts`: the trip count of each loop the compiler cannot bound, in the order they
+    run; the program must have exactly that many such loops."""
     memory = compiled.memory_analysis()
-    counts = count_hlo(compiled.as_text(), unknown_trip_count=unknown_trip_count)
-    if counts.unknown_trip_count_loops != expect_unknown_loops:
-        raise RuntimeError(f"{name}: found {counts.unknown_trip_count_loops} loops without a known trip count, "
-                           f"expected {expect_unknown_loops}; the FLOP count would be wrong")
+    expected = len(unknown_trip_counts)
+    try:
+        counts = count_hlo(compiled.as_text(), unknown_trip_count=tuple(unknown_trip_counts))
+    except ValueError:
+        counts = None
+    if counts is None or counts.unknown_trip_count_loops != expected:
+        found = f"more than {expected}" if counts is None else counts.unknown_trip_count_loops
+        raise RuntimeError(f"{name}: found {found} loops without a known trip count, expected {expected}; "
+                           f"the FLOP count would be wrong")
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     program = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes \
@@ -605,6 +654,7 @@ def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
 def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     """One GRPO step of `config` on `mesh`: rollout (prefill + decode), the reference (and, with
     mu > 1, old-policy) log-probs, and mu policy updates, as `train.grpo_loop.run_grpo` runs them."""
+    from facialr1_jax.sampling.engine import completion_window_steps
     from facialr1_jax.train import grpo_loop
     from facialr1_jax.train import step as step_lib
 
@@ -653,14 +703,16 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     prefill_forward = forward_flops(
         lambda p, b, r, k: engine._prefill(p, b, r, k, rollout["stops"], rollout["suppressed"], settings),
         params_arg, *_unsharded(rollout["prefill_args"]))
+    # One while_loop per completion window, each counted at the most steps it can run.
+    window_steps = completion_window_steps(completion, settings.completion_windows)
     decode_forward = forward_flops(lambda p, s: engine._decode(p, s, None, settings), params_arg,
-                                   _unsharded(rollout["decode_state"]), unknown_trip_count=completion - 1)
+                                   _unsharded(rollout["decode_state"]), unknown_trip_count=window_steps)
     programs = [
         _program_plan("rollout_prefill", rollout["prefill"], rollout["prefill_seconds"], executions=1,
                       resident_bytes=resident_during_rollout, model_flops=prefill_forward),
         _program_plan("rollout_decode", rollout["decode"], rollout["decode_seconds"], executions=1,
                       resident_bytes=resident_during_rollout, model_flops=decode_forward,
-                      unknown_trip_count=completion - 1, expect_unknown_loops=1),
+                      unknown_trip_counts=window_steps),
     ]
 
     # ---- log-probs of the frozen reference (beta > 0) and of the sampling policy (mu > 1)
@@ -697,7 +749,7 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
                 "shared_prompt_layout": "prompt_ids" in policy_batch, "image_grid": list(shape.image_grid),
                 "image_patches_per_micro_batch": int(policy_batch["vision"]["pixel_values"].shape[1]),
                 "dtype": config.model.dtype, "param_dtype": config.model.param_dtype, "remat": bool(config.model.remat),
-                "kv_cache_dtype": engine.cache_dtype.name},
+                "kv_cache_dtype": engine.cache_dtype.name, "completion_windows": list(settings.completion_windows)},
         programs=programs, notes=notes)
 
 
@@ -764,7 +816,7 @@ CAVEATS = (
     "matmuls in float32 (gathered weights and their gradients at up to twice their accelerator size) and "
     "fuses differently; plan on the target (--devices=0) to confirm",
     "attention is the model's dense implementation: [heads, L, L] float32 scores per layer are materialised",
-    "rollout decode is counted at max_new_tokens - 1 steps (no early stop)",
+    "rollout decode is counted at max_new_tokens - 1 steps (no early stop), over its completion windows",
 )
 
 

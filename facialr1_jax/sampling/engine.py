@@ -154,6 +154,22 @@ def completion_windows(max_new_tokens: int) -> tuple[int, ...]:
     return tuple(dict.fromkeys([w for w in smaller if w >= MIN_COMPLETION_WINDOW] + [max_new_tokens]))
 
 
+def completion_window_steps(max_new_tokens: int, windows: Sequence[int]) -> tuple[int, ...]:
+    """The most steps each window's decode loop runs, e.g. 128 new tokens over (32, 64, 128) -> (32, 32, 63).
+
+    The prefill chooses token 0; step s writes token s - 1 into completion slot s - 1 and chooses token
+    s, so a window of w slots ends after step w, and the last window after step max_new_tokens - 1
+    (`Engine._decode`'s loop conditions). Compile-only plans
+    count each loop at this bound (the compiler cannot know when every row stops).
+    """
+    steps, done = [], 0
+    for window in windows:
+        last = min(int(window), max_new_tokens - 1)
+        steps.append(max(last - done, 0))
+        done = max(done, last)
+    return tuple(steps)
+
+
 @contextlib.contextmanager
 def grown_cache_warnings_ignored(settings: _Settings):
     """Silences JAX's "Some donated buffers were not usable" for a decode that grows its completion cache:

@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from configs import grpo as grpo_config
 from configs import sft as sft_config
 from facialr1_jax.parallel import make_mesh
 from facialr1_jax.parallel import planning
+from facialr1_jax.sampling.engine import completion_window_steps, completion_windows
 from facialr1_jax.train.sft import sft_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,6 +62,31 @@ def test_hlo_count_of_a_while_loop_without_trip_count_uses_the_given_one():
     counts = planning.count_hlo(text, unknown_trip_count=7)
     assert counts.unknown_trip_count_loops == 1
     assert counts.matmul_flops == 7 * 2.0 * M * K * K
+
+
+def _two_windows(a, b):
+    """Two while_loops without a known trip count, the second fed by the first and costlier per trip
+    (the shape of the rollout's completion windows)."""
+    small = jax.lax.while_loop(lambda c: c[1].sum() < 1e9, lambda c: (c[0] @ b[:, :K], c[1] + 1.0),
+                               (a, jnp.zeros(())))[0]
+    wide = jnp.concatenate([small, small], axis=0)
+    return jax.lax.while_loop(lambda c: c[1].sum() < 1e9, lambda c: (c[0] @ b[:, :K], c[1] + 1.0),
+                              (wide, jnp.zeros(())))[0]
+
+
+def test_each_loop_without_trip_count_gets_its_own_in_the_order_they_run():
+    operands = jax.ShapeDtypeStruct((M, K), jnp.float32), jax.ShapeDtypeStruct((K, K), jnp.float32)
+    per_trip = 2.0 * M * K * K  # the first loop's body; the second one's is twice that
+    counts = planning.count_hlo(_compiled(_two_windows, *operands).as_text(), unknown_trip_count=(3, 5))
+    assert counts.unknown_trip_count_loops == 2
+    assert counts.matmul_flops == 3 * per_trip + 5 * 2 * per_trip
+    assert planning.forward_flops(_two_windows, *operands, unknown_trip_count=(3, 5)) == counts.matmul_flops
+    assert planning.count_hlo(_compiled(_two_windows, *operands).as_text(), unknown_trip_count=4).matmul_flops \
+        == 4 * 3 * per_trip  # one number still counts every loop
+    with pytest.raises(ValueError, match="more loops without a known trip count than the 1"):
+        planning.count_hlo(_compiled(_two_windows, *operands).as_text(), unknown_trip_count=(3,))
+    with pytest.raises(ValueError, match="has 2 while loops, but 3 trip counts"):
+        planning.forward_flops(_two_windows, *operands, unknown_trip_count=(3, 5, 7))
 
 
 def test_hlo_count_is_per_device_and_sees_the_gather():
@@ -151,6 +178,42 @@ def test_batches_that_do_not_split_are_errors_or_flagged():
     assert planning._batch_split_note(8, make_mesh({"fsdp": 8}), "sft step") == []
     notes = planning._batch_split_note(4, make_mesh({"fsdp": 8}), "sft step")  # 4 rows over 8 devices
     assert len(notes) == 1 and "REPLICATED" in notes[0]
+
+
+def test_completion_window_steps_add_up_to_every_decode_step():
+    assert completion_window_steps(128, completion_windows(128)) == (32, 32, 63)
+    assert completion_window_steps(1024, completion_windows(1024)) == (256, 256, 511)
+    assert completion_window_steps(48, completion_windows(48)) == (47,)
+    assert completion_window_steps(1, (1,)) == (0,)
+    for new_tokens in (2, 31, 64, 100, 129, 1000):
+        assert sum(completion_window_steps(new_tokens, completion_windows(new_tokens))) == new_tokens - 1
+
+
+def _tiny_grpo_config(max_new_tokens):
+    c = grpo_config.get_config("demo")
+    c.model.preset = "tiny"
+    c.model.preset_overrides = json.dumps({"text_config": {"num_hidden_layers": 1}, "vision_config": {"depth": 2}})
+    c.data.max_prompt_tokens = 32
+    c.data.min_pixels = c.data.max_pixels = 56 * 56
+    c.grpo.prompts_per_step, c.grpo.num_generations, c.grpo.max_new_tokens = 2, 2, max_new_tokens
+    return c
+
+
+def test_grpo_plan_counts_every_completion_window():
+    """128 new tokens open all three completion windows (32, 64, 128 slots): one decode loop each, each
+    counted at its own steps, so the HLO and jaxpr counts of the decode still agree."""
+    config = _tiny_grpo_config(128)
+    plan = planning.plan_grpo(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    assert plan.shapes["completion_windows"] == [32, 64, 128]
+    decode = {p.name: p for p in plan.programs}["rollout_decode"]
+    assert [p.name for p in plan.programs] == ["rollout_prefill", "rollout_decode", "policy_log_probs", "grpo_step"]
+    # Independent counters, one trip count per loop: a window counted at another's steps would part them
+    # (a step attends all its window's slots, so the windows' steps cost different FLOPs).
+    assert decode.hardware_flops == decode.model_flops
+    # 127 steps in all, the later ones over more slots than the first window's 32.
+    single = planning.plan_grpo(_tiny_grpo_config(32), make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    per_step_small = {p.name: p for p in single.programs}["rollout_decode"].model_flops / 31
+    assert decode.model_flops > 127 * per_step_small
 
 
 def test_plan_launcher_plans_grpo_and_ends_with_json(tmp_path):
