@@ -72,6 +72,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.0  # Decoupled weight decay (the reference uses none).
     c.optimizer.grad_clip = 1.0  # Global-norm gradient clipping (0 = off).
     c.optimizer.vision_lr_scale = 1.0  # Multiplies the vision tower's step (1 = like the rest, 0 = frozen).
+    # Train parameters stored in bfloat16 (model.param_dtype) without float32 master weights. Off: such a
+    # config is rejected, since AdamW updates far below bfloat16's spacing (small lr) round away.
+    c.optimizer.allow_bfloat16_params = False
 
     # ---- checkpointing -----------------------------------------------------------------------
     c.checkpoint = ml_collections.ConfigDict()

@@ -74,8 +74,11 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.grpo.num_steps = 32
     elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
         c.model.preset = variant
+        # bfloat16 compute over float32 parameters and AdamW moments (master weights, as the paper's
+        # DeepSpeed bf16 runs keep): at this lr an update is far below bfloat16's spacing near typical
+        # weights, so bfloat16 storage would round it away.
         c.model.dtype = "bfloat16"
-        c.model.param_dtype = "bfloat16"
+        c.model.param_dtype = "float32"
         c.model.remat = True
         c.data.source = "jsonl"
         c.data.prompt_variant = "full"

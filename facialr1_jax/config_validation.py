@@ -134,6 +134,25 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# Stages that only run the model (no optimiser): parameters may be stored in bfloat16 there.
+INFERENCE_STAGES = ("synth", "eval")
+
+
+def _check_bfloat16_params(config: ml_collections.ConfigDict, prefix: str) -> None:
+    """Training on bfloat16 parameters (AdamW applied to the bfloat16 copy, no float32 master weights)
+    loses every update below bfloat16's spacing near a weight, which at fine-tuning learning rates is
+    nearly all of them; it is an error unless optimizer.allow_bfloat16_params opts in by name."""
+    present, storage = _lookup(config, "model.param_dtype")
+    if not present or storage != "bfloat16" or config.get("stage") in INFERENCE_STAGES or "optimizer" not in config:
+        return
+    if not config.optimizer.get("allow_bfloat16_params", False):
+        raise ConfigError(
+            f"config.{prefix}model.param_dtype = 'bfloat16' trains without float32 master weights: AdamW "
+            f"updates below bfloat16's spacing round away. Set config.{prefix}model.param_dtype = 'float32' "
+            f"(float32 parameters and optimiser state, with config.{prefix}model.dtype = 'bfloat16' for "
+            f"bfloat16 compute), or opt in with config.{prefix}optimizer.allow_bfloat16_params = True")
+
+
 def _lookup(config: ml_collections.ConfigDict, dotted: str) -> tuple[bool, Any]:
     node: Any = config
     for part in dotted.split("."):
@@ -164,6 +183,7 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
             raise ConfigError(f"config.{prefix}{key} = {value!r} must be finite")
         if not predicate(value):
             raise ConfigError(f"config.{prefix}{key} = {value!r} must be {wording}")
+    _check_bfloat16_params(config, prefix)
     present, min_pixels = _lookup(config, "data.min_pixels")
     if present and min_pixels > config.data.max_pixels:
         raise ConfigError(

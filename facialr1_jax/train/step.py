@@ -229,6 +229,8 @@ class TrainStep:
         )
         grads = jax.tree.map(lambda g: _safe_divide(g, denominator), grads)
         grad_norm = optax.tree.norm(grads)
+        # Float32 parameters (the master weights under bfloat16 compute) keep float32 gradients and AdamW
+        # moments; bfloat16 storage, an opt-in (optimizer.allow_bfloat16_params), rounds every update.
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
