@@ -20,7 +20,7 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key, the value and what is allowed."""
 
 
-STAGES = ("sft", "grpo", "synth", "pipeline", "eval")
+STAGES = ("pretrain", "sft", "grpo", "synth", "pipeline", "eval")
 
 # Keys whose value must be one of a few strings.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -102,6 +102,19 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sft.vision_warmup_steps": (_non_negative, ">= 0 (0 = off)"),
     "sft.vision_warmup_batch_size": (_positive, "> 0"),
     "sft.vision_warmup_lr": (_positive, "> 0"),
+    "pretrain.num_train_faces": (_positive, "> 0"),
+    "pretrain.num_eval_faces": (_positive, "> 0"),
+    "pretrain.corpus_seed": (_non_negative, ">= 0"),
+    "pretrain.num_steps": (_positive, "> 0"),
+    "pretrain.batch_size": (_positive, "> 0"),
+    "pretrain.vision_warmup_steps": (_non_negative, ">= 0 (0 = off)"),
+    "pretrain.vision_warmup_batch_size": (_positive, "> 0"),
+    "pretrain.vision_warmup_lr": (_positive, "> 0"),
+    "pretrain.eval_every_steps": (_non_negative, ">= 0 (0 = only at the end)"),
+    "pretrain.eval_num_faces": (_non_negative, ">= 0 (0 = all)"),
+    "pretrain.final_eval_num_faces": (_non_negative, ">= 0 (0 = all)"),
+    "pretrain.eval_batch_size": (_positive, "> 0"),
+    "pretrain.eval_max_new_tokens": (_positive, "> 0"),
     "grpo.num_steps": (_non_negative, ">= 0"),
     "grpo.prompts_per_step": (_positive, "> 0"),
     "grpo.num_generations": (lambda v: v >= 2, ">= 2 (advantages are relative to the group)"),

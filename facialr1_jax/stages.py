@@ -21,6 +21,7 @@ class StageEntry:
 
 
 STAGES: dict[str, StageEntry] = {
+    "pretrain": StageEntry("facialr1_jax.train.pretrain", "run_pretrain", 21, "Stage 0 perception pretraining"),
     "sft": StageEntry("facialr1_jax.train.sft", "run_sft", 6, "Stage 1 supervised fine-tuning"),
     "grpo": StageEntry("facialr1_jax.train.grpo_loop", "run_grpo", 7, "Stage 2 GRPO"),
     "synth": StageEntry("facialr1_jax.synth.run", "run_synthesis", 8, "Stage 3 data synthesis"),

@@ -343,6 +343,19 @@ def _render_all(
     report: Callable[[int, int], None] | None,
 ) -> None:
     jobs = [(face.expression.intensities, face.identity_seed, face.pose_seed, face.image) for face in faces]
+    render_jobs(jobs, image_root, image_size, workers, report)
+
+
+def render_jobs(
+    jobs: Sequence[tuple[dict[str, float], int, int, str]],
+    image_root: str | os.PathLike,
+    image_size: int,
+    workers: int | None,
+    report: Callable[[int, int], None] | None = None,
+) -> None:
+    """Renders (intensities, identity seed, pose seed, relative path) faces as JPEGs under `image_root`
+    (folders must exist); workers as in `build_demo`; `report(done, total)` after each chunk."""
+    jobs = list(jobs)
     total = len(jobs)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)

@@ -265,7 +265,22 @@ def encode_sft_example(
 ) -> TrainExample:
     """Encodes prompt + the target text of `encoding.target` + end-of-turn, with the label mask of
     `encoding.loss_on`. instruction: the user-turn text (None = the task instruction)."""
-    reply_text = target_text(record, encoding.target)
+    return encode_turn(record, tokenizer, encoding, instruction, target_text(record, encoding.target),
+                       images=images, image_root=image_root)
+
+
+def encode_turn(
+    record: FEARecord,
+    tokenizer: Any,
+    encoding: EncodingConfig,
+    instruction: str | None,
+    reply_text: str,
+    *,
+    images: Sequence[image_lib.ImageSource] | None = None,
+    image_root: str | None = None,
+) -> TrainExample:
+    """One training turn about `record`'s images: the prompt with `instruction` (None = the task
+    instruction), then `reply_text` + end-of-turn, with the label mask of `encoding.loss_on`."""
     prompt = encode_prompt_example(record, tokenizer, encoding, images=images, image_root=image_root,
                                    instruction=instruction)
     reply = np.asarray(chat.encode_completion(tokenizer, reply_text), np.int32)

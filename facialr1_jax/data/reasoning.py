@@ -35,7 +35,7 @@ BANNED_WORDS: tuple[str, ...] = ("no", "not", "without", "maybe", "never", "none
 BANNED_PATTERN = re.compile(r"\b(?:" + "|".join(BANNED_WORDS) + r")\b|n't\b", re.IGNORECASE)
 
 # Face regions in reading order (top to bottom); clauses are grouped and ordered by them.
-_REGION_OF: dict[str, int] = {
+REGION_OF: dict[str, int] = {
     "AU1": 0, "AU2": 0, "AU4": 0, "AU5": 1, "AU6": 1, "AU7": 1, "AU43": 1, "AU9": 2, "AU11": 2,
     "AU10": 3, "AU12": 3, "AU14": 3, "AU15": 3, "AU16": 3, "AU20": 3, "AU22": 3, "AU23": 3,
     "AU24": 3, "AU25": 3, "AU26": 4, "AU27": 4, "AU17": 4,
@@ -206,7 +206,7 @@ def write_description(
     if len(set(aus)) != len(aus):
         raise ValueError(f"AU list {list(aus)} repeats an AU")
     intensities = dict(intensities or {})
-    ordered = sorted(aus, key=lambda au: (_REGION_OF[au], int(au[2:])))
+    ordered = sorted(aus, key=lambda au: (REGION_OF[au], int(au[2:])))
     if not ordered:
         think = _describe_without_labels(emotion, aus, intensities, rng)
     else:
@@ -247,18 +247,18 @@ def _describe_features(ordered: Sequence[str], intensities: Mapping[str, float],
         text = opener + _join(clauses)
         # Regions with any drawn AU, faint traces included, are never called relaxed.
         active = set(ordered) | {_canonical(key) for key, value in intensities.items() if value > 0}
-        regions = {_REGION_OF[au] for au in active if au in _REGION_OF}
+        regions = {REGION_OF[au] for au in active if au in REGION_OF}
         if max(regions) <= 1:
             text += ", " + _pick(_LOWER_REST, rng)
         elif min(regions) >= 2:
             text += ", " + _pick(_UPPER_REST, rng)
         return (text[0].upper() + text[1:]) + "."
     # Split between upper face (brows, eyes) and the rest, when both are present.
-    split = sum(_REGION_OF[au] <= 1 for au in ordered)
+    split = sum(REGION_OF[au] <= 1 for au in ordered)
     if split in (0, len(ordered)):
         split = len(ordered) // 2
     first, second = _join(clauses[:split]), _join(clauses[split:])
-    connector = ("", "In the lower face, ", "Below, ")[rng.integers(3)] if split and _REGION_OF[ordered[split]] >= 2 else ""
+    connector = ("", "In the lower face, ", "Below, ")[rng.integers(3)] if split and REGION_OF[ordered[split]] >= 2 else ""
     first_sentence = opener + first + "." if opener else _sentence(first)
     second_sentence = connector + second + "." if connector else _sentence(second)
     return first_sentence + " " + second_sentence
@@ -305,7 +305,7 @@ def _faint_cues(emotion: str, labelled: Sequence[str], intensities: Mapping[str,
     faint = sorted(
         ({_canonical(key) for key, value in intensities.items() if value > 0} - set(labelled))
         & EMOTION_CUES[emotion],
-        key=lambda au: (_REGION_OF[au], int(au[2:])),
+        key=lambda au: (REGION_OF[au], int(au[2:])),
     )
     if not faint:
         return ""

@@ -27,12 +27,13 @@ predictions-test.jsonl (greedy outputs), sft_result.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -227,6 +228,83 @@ def maybe_warm_up_vision(config: Any, model: nnx.Module, train_split: datasets.L
     return result
 
 
+@dataclasses.dataclass
+class Fitted:
+    """What `fit` returns: the loop's outcome, the final evaluation, the loss curve's path."""
+
+    outcome: loop.LoopOutcome
+    final_eval: dict
+    loss_curve: Any
+    checkpoint_path: str
+
+
+def fit(config: Any, workdir: str, *, model: nnx.Module, dataset, total_steps: int, mesh: jax.sharding.Mesh,
+        checkpointer: checkpoint_lib.Checkpointer, run_meta: dict,
+        make_evaluate: Callable[[Any, step_lib.EvalStep], Callable | None], eval_every: int) -> Fitted:
+    """The supervised training loop of stage 0 (pretraining) and stage 1 (SFT): next-token loss on the
+    batches of `dataset` (a grain MapDataset of `SFTCollator` batches) for `total_steps`, resuming from
+    `checkpointer`'s latest step (train state and data position), with metrics, checkpoints, SIGTERM
+    handling, and `evaluate(state, step, final=...)` from `make_evaluate(model_def, eval_step)` every
+    `eval_every` steps and once at the end of a completed run."""
+    is_main = jax.process_index() == 0
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+    model_def, state, state_shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), mesh=mesh)
+    del model  # the train state owns the parameters from here on
+    train_step = step_lib.TrainStep(model_def, sft_loss, tx, schedule, state_shardings, mesh, rules=TRAINING_RULES)
+    eval_step = step_lib.EvalStep(model_def, sft_loss, state_shardings.params, mesh, rules=TRAINING_RULES)
+    iterator = pipeline.make_iterator(dataset, num_workers=int(config.data.num_workers),
+                                      num_threads=pipeline.default_num_threads())
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        restored = checkpointer.restore(latest, state, state_shardings)
+        state = restored.state
+        if restored.data_state is not None:
+            iterator.set_state(restored.data_state)
+        _log.info("resumed from %s at step %d", checkpointer.directory, restored.step)
+    start_step = int(jax.device_get(state.step))
+    run_meta = {**run_meta, "config": json.loads(config.to_json_best_effort())}
+
+    logger = MetricsLogger(workdir, total_steps=total_steps, start_step=start_step, enabled=is_main,
+                           tensorboard=bool(config.logging.tensorboard),
+                           progress_bar=bool(config.logging.progress_bar))
+    batch_log = StepJsonl(os.path.join(workdir, BATCH_LOG_FILE), start_step) if is_main else None
+    shardings_cache: dict = {}
+
+    def next_batch(current_state):
+        del current_state
+        arrays, info = batching.split_info(next(iterator))
+        signature = step_lib.batch_signature(arrays)
+        if signature not in shardings_cache:
+            shardings_cache[signature] = step_lib.batch_shardings(arrays, mesh)
+        return step_lib.put_batch(arrays, shardings_cache[signature]), info
+
+    def on_batch(step_index: int, info: dict) -> None:
+        if batch_log is not None:
+            batch_log.write({"step": step_index + 1, "ids": [i for group in info["ids"] for i in group],
+                             "truncated": info["truncated"]})
+
+    evaluate = make_evaluate(model_def, eval_step)
+    with loop.PreemptionGuard() as guard:
+        outcome = loop.run_loop(
+            state, train_step, next_batch,
+            total_steps=total_steps, checkpointer=checkpointer,
+            checkpoint_every=int(config.checkpoint.every_steps), meta=run_meta, logger=logger,
+            log_every=int(config.logging.every_steps), data_state=iterator.get_state,
+            evaluate=(lambda s, step: evaluate(s, step, final=False)) if evaluate is not None else None,
+            eval_every=eval_every, guard=guard, on_batch=on_batch, evaluate_at_end=False,
+        )
+        if outcome.status == "completed" and evaluate is not None:
+            final_eval = evaluate(outcome.state, outcome.step, final=True)
+            logger.write(outcome.step, final_eval, split="eval")
+        else:
+            final_eval = outcome.eval_metrics
+    checkpointer.close()
+    curve = logger.close()
+    if batch_log is not None:
+        batch_log.close()
+    return Fitted(outcome, final_eval, curve, os.path.join(checkpointer.directory, str(outcome.step)))
+
+
 def run_sft(config: Any, workdir: str) -> dict:
     """Runs stage 1 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict."""
     start_time = time.time()
@@ -253,83 +331,36 @@ def run_sft(config: Any, workdir: str) -> dict:
     warmup_result = maybe_warm_up_vision(config, model, stage1_split, test_split, workdir=workdir, mesh=mesh,
                                          resuming=latest is not None, is_main=is_main)
 
-    tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-    model_config = model.config
-    model_def, state, state_shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), mesh=mesh)
-    del model  # the train state owns the parameters from here on
-    train_step = step_lib.TrainStep(model_def, sft_loss, tx, schedule, state_shardings, mesh, rules=TRAINING_RULES)
-    eval_step = step_lib.EvalStep(model_def, sft_loss, state_shardings.params, mesh, rules=TRAINING_RULES)
-
     dataset = pipeline.sft_dataset(
-        train_split.source, tokenizer, encoding, model_config, seed=int(config.seed),
+        train_split.source, tokenizer, encoding, model.config, seed=int(config.seed),
         batch_size=int(config.sft.batch_size), num_micro_batches=num_micro, shuffle=bool(config.data.shuffle))
-    iterator = pipeline.make_iterator(dataset, num_workers=int(config.data.num_workers),
-                                      num_threads=pipeline.default_num_threads())
 
-    if latest is not None:
-        restored = checkpointer.restore(latest, state, state_shardings)
-        state = restored.state
-        if restored.data_state is not None:
-            iterator.set_state(restored.data_state)
-        _log.info("resumed from %s at step %d", checkpointer.directory, restored.step)
-    start_step = int(jax.device_get(state.step))
-    run_meta = {**model_meta, "stage": "sft", "config": json.loads(config.to_json_best_effort())}
+    def make_evaluate(model_def, eval_step):
+        if test_split is None:
+            return None
+        eval_batches = held_out_batches(
+            test_split, tokenizer, encoding, model_def.config, num_examples=int(config.sft.eval_num_examples),
+            batch_size=int(config.sft.eval_batch_size))
+        generator = evaluation.GreedyEvaluator.create(
+            tokenizer, encoding, model_def.config, max_new_tokens=int(config.sft.eval_max_new_tokens),
+            batch_size=int(config.sft.eval_batch_size), mesh=mesh)
 
-    logger = MetricsLogger(workdir, total_steps=total_steps, start_step=start_step, enabled=is_main,
-                           tensorboard=bool(config.logging.tensorboard),
-                           progress_bar=bool(config.logging.progress_bar))
-    batch_log = StepJsonl(os.path.join(workdir, BATCH_LOG_FILE), start_step) if is_main else None
-    shardings_cache: dict = {}
-
-    def next_batch(current_state):
-        del current_state
-        arrays, info = batching.split_info(next(iterator))
-        signature = step_lib.batch_signature(arrays)
-        if signature not in shardings_cache:
-            shardings_cache[signature] = step_lib.batch_shardings(arrays, mesh)
-        return step_lib.put_batch(arrays, shardings_cache[signature]), info
-
-    def on_batch(step_index: int, info: dict) -> None:
-        if batch_log is not None:
-            batch_log.write({"step": step_index + 1, "ids": [i for group in info["ids"] for i in group],
-                             "truncated": info["truncated"]})
-
-    eval_batches = [] if test_split is None else held_out_batches(
-        test_split, tokenizer, encoding, model_config, num_examples=int(config.sft.eval_num_examples),
-        batch_size=int(config.sft.eval_batch_size))
-    generator = None if test_split is None else evaluation.GreedyEvaluator.create(
-        tokenizer, encoding, model_config, max_new_tokens=int(config.sft.eval_max_new_tokens),
-        batch_size=int(config.sft.eval_batch_size), mesh=mesh)
-
-    def evaluate(current_state, step: int, *, final: bool = False) -> dict:
-        row = evaluation.held_out_loss(eval_step, current_state.params, eval_batches) if eval_batches else {}
-        if generator is not None:
+        def evaluate(current_state, step: int, *, final: bool = False) -> dict:
+            row = evaluation.held_out_loss(eval_step, current_state.params, eval_batches) if eval_batches else {}
+            if generator is None:
+                return row
             count = int(config.sft.final_eval_num_examples if final else config.sft.eval_num_examples)
-            scores = generator.evaluate(model_def.merge(current_state.params), test_split, num_examples=count,
-                                        predictions_path=os.path.join(workdir, "predictions-test.jsonl")
-                                        if final and is_main else None)
-            row.update(scores)
-        return row
+            row.update(generator.evaluate(model_def.merge(current_state.params), test_split, num_examples=count,
+                                          predictions_path=os.path.join(workdir, "predictions-test.jsonl")
+                                          if final and is_main else None))
+            return row
 
-    with loop.PreemptionGuard() as guard:
-        outcome = loop.run_loop(
-            state, train_step, next_batch,
-            total_steps=total_steps, checkpointer=checkpointer,
-            checkpoint_every=int(config.checkpoint.every_steps), meta=run_meta, logger=logger,
-            log_every=int(config.logging.every_steps), data_state=iterator.get_state,
-            evaluate=(lambda s, step: evaluate(s, step, final=False)) if test_split is not None else None,
-            eval_every=int(config.sft.eval_every_steps), guard=guard, on_batch=on_batch,
-            evaluate_at_end=False,
-        )
-        if outcome.status == "completed" and test_split is not None:
-            final_eval = evaluate(outcome.state, outcome.step, final=True)
-            logger.write(outcome.step, final_eval, split="eval")
-        else:
-            final_eval = outcome.eval_metrics
-    checkpointer.close()
-    curve = logger.close()
-    if batch_log is not None:
-        batch_log.close()
+        return evaluate
+
+    fitted = fit(config, workdir, model=model, dataset=dataset, total_steps=total_steps, mesh=mesh,
+                 checkpointer=checkpointer, run_meta={**model_meta, "stage": "sft"},
+                 make_evaluate=make_evaluate, eval_every=int(config.sft.eval_every_steps))
+    outcome, final_eval, curve = fitted.outcome, fitted.final_eval, fitted.loss_curve
 
     result = {
         "status": outcome.status,
@@ -339,10 +370,10 @@ def run_sft(config: Any, workdir: str) -> dict:
         "test_records": len(test_split) if test_split is not None else 0,
         "final_train": outcome.last_metrics,
         "eval": final_eval,
-        "generation_available": generator is not None,
+        "generation_available": test_split is not None,
         "vision_warmup": warmup_result,
         "loss_curve": curve,
-        "checkpoint": os.path.join(checkpointer.directory, str(outcome.step)),
+        "checkpoint": fitted.checkpoint_path,
         "wall_seconds": round(time.time() - start_time, 1),
     }
     if is_main:
