@@ -24,10 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.pretrain.num_train_faces = 64000  # Distinct training faces (each a new person).
     c.pretrain.num_eval_faces = 500  # Held-out faces of other new people (the perception metrics).
     c.pretrain.corpus_seed = 0  # Seeds the corpus's AU sets, identities and poses.
-    c.pretrain.num_steps = 2400  # Optimiser steps of next-token training on perception turns.
+    c.pretrain.num_steps = 1600  # Optimiser steps of next-token training on perception turns.
     c.pretrain.batch_size = 64  # Turns per step (one turn per face, drawn per epoch).
     # Supervised vision warm-up on the corpus faces before step 0 (AU targets; train/vision_warmup.py).
-    c.pretrain.vision_warmup_steps = 1200
+    c.pretrain.vision_warmup_steps = 800
     c.pretrain.vision_warmup_batch_size = 128
     c.pretrain.vision_warmup_lr = 2e-3
     c.pretrain.eval_every_steps = 400  # Greedy AU micro-F1 on eval_num_faces held-out faces every N steps.
