@@ -13,6 +13,7 @@ output is WORKDIR/checkpoints/0/{params,meta} in the layout of facialr1_jax.trai
 With several devices the weights are sharded over all of them (an fsdp mesh) while converting.
 """
 
+import json
 import os
 import sys
 
@@ -92,13 +93,28 @@ def to_hf() -> list[str]:
 
             tokenizer = AutoTokenizer.from_pretrained(_SRC.value)
     else:
-        model, tokenizer, _ = checkpoint.load_model(_SRC.value, mesh=_mesh(), param_dtype=storage)
+        model, tokenizer, info = checkpoint.load_model(_SRC.value, mesh=_mesh(), param_dtype=storage)
     written = models.save_pretrained(model, _DST.value, max_shard_size=_MAX_SHARD_SIZE.value)
     import jax
 
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained") and jax.process_index() == 0:
         written += list(tokenizer.save_pretrained(_DST.value))
+    if kind == "orbax" and jax.process_index() == 0:
+        written += _model_card(info)
     return written
+
+
+def _model_card(info: dict) -> list[str]:
+    """A stage 0 (perception pretraining) workdir exports with its model card (README.md)."""
+    from configs import pretrain as pretrain_config
+    from facialr1_jax.train import pretrain
+
+    run_config = info["meta"].get("config") or {}
+    if run_config.get("stage") != "pretrain":
+        return []
+    default = json.loads(pretrain_config.get_config().to_json_best_effort())
+    card = pretrain.write_model_card(_SRC.value, _DST.value, run_config=run_config, default_config=default)
+    return [card] if card else []
 
 
 def to_orbax() -> list[str]:

@@ -40,6 +40,10 @@ from facialr1_jax.train.state import TrainState, abstract_train_state
 _log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
+# Checkpoints that ship inside the package, by name: `model.checkpoint=demo-base`, `FacialR1.load("demo-base")`.
+# Each is a Hugging Face Qwen2.5-VL folder under facialr1_jax/assets/ with a model card (README.md).
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+NAMED_CHECKPOINTS = {"demo-base": os.path.join(ASSETS_DIR, "demo-base")}
 META_FORMAT = "facialr1_jax.train_checkpoint/1"
 ITEMS = ("params", "train", "data", "meta")
 
@@ -188,12 +192,27 @@ def _numeric_subdirs(path: str) -> list[int]:
                   if re.fullmatch(r"\d+", child.name) and _is_step_dir(os.path.join(path, child.name)))
 
 
+def named_checkpoint_path(path: str | os.PathLike) -> str:
+    """The folder of a named checkpoint (`NAMED_CHECKPOINTS`), or `path` unchanged. A local folder of the
+    same name in the working directory wins, so a user's own `demo-base/` is never shadowed."""
+    name = os.fspath(path)
+    if name in NAMED_CHECKPOINTS and not os.path.exists(name):
+        folder = NAMED_CHECKPOINTS[name]
+        if not (os.path.isdir(folder) and _is_hf_dir(folder)):
+            raise FileNotFoundError(f"the named checkpoint {name!r} is not installed: {folder} holds no Hugging Face "
+                                    f"folder (reinstall the package, or rebuild it: configs/pretrain.py)")
+        return folder
+    return name
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str, int | None]:
     """Classifies `path`: ("hf", dir, None) or ("orbax", manager_dir, step).
 
     Accepted: a Hugging Face folder (config.json + safetensors); a training workdir (its latest
-    checkpoint); a `checkpoints/` folder (its latest step); one step folder (`.../checkpoints/120`).
+    checkpoint); a `checkpoints/` folder (its latest step); one step folder (`.../checkpoints/120`);
+    the name of a checkpoint shipped with the package (`NAMED_CHECKPOINTS`, e.g. "demo-base").
     """
+    path = named_checkpoint_path(path)
     path = files.resolve(path).rstrip("/")
     if not files.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")

@@ -45,6 +45,8 @@ from facialr1_jax.train.metrics import ProgressBar
 _log = logging.getLogger(__name__)
 
 RESULT_FILE = "pretrain_result.json"
+CARD_FILE = "README.md"
+TRAIN_COMMAND = "python launch/train.py --config=configs/pretrain.py --workdir=W"
 PREDICTIONS_FILE = "predictions-perception.jsonl"
 BLANK_GREY = (128, 128, 128)
 
@@ -208,6 +210,8 @@ def run_pretrain(config: Any, workdir: str) -> dict:
         "status": outcome.status,
         "step": outcome.step,
         "total_steps": total_steps,
+        "commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+        "config": json.loads(config.to_json_best_effort()),
         "corpus": {"train_faces": len(train), "eval_faces": len(held_out), "corpus_seed": int(p.corpus_seed),
                    "identity_seed_base": perception.IDENTITY_SEED_BASE},
         "final_train": outcome.last_metrics,
@@ -221,3 +225,98 @@ def run_pretrain(config: Any, workdir: str) -> dict:
         files.write_text(os.path.join(workdir, RESULT_FILE), json.dumps(result, indent=2))
         _log.info("pretraining %s at step %d: %s", outcome.status, outcome.step, json.dumps(fitted.final_eval))
     return result
+
+
+# ------------------------------------------------------------------------------------ model card
+def config_overrides(run_config: dict, default_config: dict, prefix: str = "") -> list[str]:
+    """`--config.KEY=VALUE` flags that turn `default_config` into `run_config` (nested dicts of a config)."""
+    flags = []
+    for key, value in run_config.items():
+        default = default_config.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            flags += config_overrides(value, default, f"{prefix}{key}.")
+        elif value != default:
+            flags.append(f"--config.{prefix}{key}={value}")
+    return flags
+
+
+def git_commit(directory: str) -> str:
+    """The checkout's HEAD commit (with "-dirty" when tracked files differ), or "" outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=directory, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("-dirty" if dirty else "")
+
+
+def model_card(result: dict, run_config: dict, default_config: dict, *, commit: str, name: str = "demo-base") -> str:
+    """The model card (README.md) of an exported stage 0 run: what it is, how to rebuild it, its metrics."""
+    overrides = [flag for flag in config_overrides(run_config, default_config)
+                 if not flag.startswith(("--config.logging.", "--config.pretrain.corpus_dir="))]
+    command = " ".join([TRAIN_COMMAND] + overrides)
+    evaluation_row = result.get("eval") or {}
+    warmup = (result.get("vision_warmup") or {}).get("eval", {})
+    p = run_config["pretrain"]
+    minutes = result.get("wall_seconds", 0) / 60
+    lines = [
+        f"# {name}: the demo base model of facialr1_jax",
+        "",
+        "A small Qwen2.5-VL (the `demo` preset: a 4-layer, 256-wide language model over the bundled 1,536-token",
+        "tokenizer and a 2-block vision tower) trained from scratch by stage 0 of facialr1_jax to describe the",
+        "facial movements of synthetic faces with their FACS action-unit codes. It never saw an emotion word:",
+        "stages 1 and 2 teach the AU -> emotion mapping on top of it, as the paper's stages do on",
+        "Qwen2.5-VL-7B-Instruct. Load it by name: `--config.model.checkpoint=demo-base` or",
+        "`FacialR1.load(\"demo-base\")`; `transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained` reads it too.",
+        "",
+        "## Rebuild it",
+        "",
+        "```",
+        command,
+        "python launch/convert.py --to=hf --src=W --dst=facialr1_jax/assets/demo-base",
+        "```",
+        "",
+        f"Trained at commit `{commit or 'unknown'}` with seed {run_config['seed']} on the perception corpus of",
+        f"corpus seed {p['corpus_seed']}: {p['num_train_faces']:,} training faces and {p['num_eval_faces']:,} held-out",
+        f"faces, every one a new identity (identity seeds from {result['corpus']['identity_seed_base']:,} up; the",
+        "built-in demo splits draw theirs below it). "
+        f"{p['vision_warmup_steps']} vision warm-up steps of {p['vision_warmup_batch_size']} faces, then",
+        f"{result['step']:,} steps of {p['batch_size']} perception turns (describe, list, yes/no); "
+        f"{minutes:.0f} minutes wall on the machine that",
+        "trained it (2 CPU cores, shared with other work).",
+        "",
+        "## Measured",
+        "",
+        f"Greedy answers to \"{perception.EVAL_INSTRUCTION}\" on the {evaluation_row.get('faces', 0)} held-out faces,",
+        "AU micro-F1 against the rendered AUs (`pretrain_result.json` of the run):",
+        "",
+        "| input | AU micro-F1 |",
+        "|---|---|",
+        f"| the face | {evaluation_row.get('au_micro_f1', float('nan')):.3f} |",
+        f"| a blank grey image | {evaluation_row.get('blank_image_au_micro_f1', float('nan')):.3f} |",
+        f"| another face's image | {evaluation_row.get('swapped_image_au_micro_f1', float('nan')):.3f} |",
+        "",
+    ]
+    if warmup:
+        lines += [f"The vision warm-up's throw-away linear head alone: AU micro-F1 {warmup['au_micro_f1']:.3f} on the",
+                  "same held-out faces.", ""]
+    lines += ["## Run config", "", "```json", json.dumps(run_config, indent=1, sort_keys=True), "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(src: str, dst: str, *, run_config: dict, default_config: dict) -> str | None:
+    """Writes dst/README.md for the stage 0 run in workdir `src` (its `pretrain_result.json`; `run_config`
+    from its checkpoint meta); None when `src` holds no finished pretraining run."""
+    result_path = os.path.join(src, RESULT_FILE)
+    if not os.path.isfile(result_path):
+        return None
+    with open(result_path, encoding="utf-8") as stream:
+        result = json.load(stream)
+    commit = result.get("commit") or git_commit(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(dst, CARD_FILE)
+    files.write_text(path, model_card(result, run_config, default_config, commit=commit))
+    return path
