@@ -1,4 +1,5 @@
-r"""Evaluation: greedy generation over benchmark JSONL files, the paper's metrics (METHOD.md section 6).
+r"""Evaluation: greedy generation over benchmark JSONL files, scored with the paper's metrics
+(docs/METHOD.md section 9).
 
     python launch/eval.py --checkpoint=workdirs/grpo                      # demo: the built-in test split
     python launch/eval.py --config=configs/eval.py:paper --checkpoint=HF_OR_WORKDIR \

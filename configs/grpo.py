@@ -1,4 +1,4 @@
-"""Stage 2: GRPO with verifiable emotion, AU and format rewards (METHOD.md section 4).
+"""Stage 2: GRPO with verifiable emotion, AU and format rewards (docs/METHOD.md sections 6 and 7).
 
 Variants (`--config=configs/grpo.py:VARIANT`):
   demo (default)   built-in data and demo model; warm-started from WORKDIR/sft (run first if missing).

@@ -1,4 +1,4 @@
-"""The iterative loop: R rounds of SFT -> GRPO -> evaluation -> synthesis (METHOD.md section 5).
+"""The iterative loop: R rounds of SFT -> GRPO -> evaluation -> synthesis (docs/METHOD.md section 8.5).
 
     python launch/train.py --config=configs/pipeline.py --workdir=workdirs/pipeline
 

@@ -1,4 +1,5 @@
-"""Stage 3: synthesise verified reasoning for labelled records with the model itself (METHOD.md 5).
+"""Stage 3: synthesise verified reasoning for labelled records with the model itself
+(docs/METHOD.md section 8).
 
     python launch/train.py --config=configs/synth.py --workdir=workdirs/synth --config.synth.checkpoint=workdirs/grpo
 
@@ -50,14 +51,14 @@ def synth_section() -> ml_collections.ConfigDict:
     s.max_new_tokens = 160  # Generation length per candidate.
     s.max_prompt_tokens = 1024  # Budget of a synthesis prompt (ground truth + feedback make it longer than data.max_prompt_tokens).
     s.prompt_variant = ""  # "" = the variant the checkpoint was trained with (its run config) | full | compact.
-    # synthesis (METHOD.md 5: ground truth + cumulative feedback) | task (the plain training prompt: rejection
+    # synthesis (docs/METHOD.md 8.2: ground truth + cumulative feedback) | task (the plain training prompt: rejection
     # sampling, for small models that do not follow the synthesis prompt; use num_candidates > 1).
     s.prompt_mode = "synthesis"
     s.max_attempts = 6  # 1 first try + up to 5 retries with cumulative feedback (the reference).
     s.feedback_history = 0  # Feedback sections kept in a retry prompt: 0 = all (cumulative); N = the latest N.
     s.num_candidates = 1  # Candidates per attempt: 1 = greedy (reference); K > 1 = K samples, the first passing one kept.
     s.temperature = 0.7  # Sampling temperature when num_candidates > 1.
-    # ---- checks (METHOD.md 5.3 and our additions)
+    # ---- checks (docs/METHOD.md 8.3: the reference check and our additions)
     s.check_aus = "exact"  # exact (AU set equals ground truth) | f1 (AU F1 >= au_f1_threshold) | off.
     s.au_f1_threshold = 0.8  # Threshold for check_aus = f1.
     s.check_label = True  # The answer must equal the ground-truth label (records with a label).

@@ -179,7 +179,7 @@ grpo_result = stages.run_stage(grpo_config, grpo_dir)  # prints the before/after
 # %% [markdown]
 # ## 5. Evaluate
 #
-# Greedy decoding on the held-out split, scored as in the paper (METHOD.md section 6): emotion
+# Greedy decoding on the held-out split, scored as in the paper (docs/METHOD.md section 9): emotion
 # accuracy with a confusion matrix, AU F1 (macro and micro), the format-valid rate and ROUGE-L
 # against the reference answers. The console table sets the paper's Facial-R1 numbers beside ours
 # (they are for the real benchmarks, so they frame the scale rather than compare like with like).

@@ -15,7 +15,7 @@
     reasoning    the text of the first <think> block, stripped (None when there is no think block)
     format_valid whether the whole reply is exactly <think>...</think><answer>...</answer>
     raw          the whole generated text
-The reading of the reply is the evaluation's (METHOD.md 6, `fea.answers`): first answer block,
+The reading of the reply is the evaluation's (docs/METHOD.md 9.1, `fea.answers`): first answer block,
 first think block, AU mentions as "AU<digits>".
 
 Images: any file Pillow reads, PIL images in any mode and numpy arrays are accepted. Besides what

@@ -30,7 +30,7 @@ def test_read_answer_without_tags_or_emotion():
     result = api.read_answer("the person looks AU4 tense")
     assert result["emotion"] is None and result["answer"] == ""
     assert result["reasoning"] is None
-    assert result["aus"] == ["AU4"]  # no think block: the whole reply is searched (METHOD.md 6)
+    assert result["aus"] == ["AU4"]  # no think block: the whole reply is searched (docs/METHOD.md 9.1)
     assert result["format_valid"] is False
     odd = api.read_answer("<think>x AU99</think><answer>bored</answer>")
     assert odd["emotion"] is None and odd["answer"] == "bored"

@@ -1,7 +1,7 @@
 """The chat format every stage shares: Qwen2.5-VL's conversation layout, as text and as token ids.
 
-METHOD.md 2: "Chat format of Qwen2.5-VL: (default system line) user turn = image then the
-instruction text; the assistant reply is the answer." With one image the prompt is
+docs/METHOD.md 3.1: the default system line, a user turn holding the image then the instruction
+text, and the assistant's reply as the answer. With one image the prompt is
 
     <|im_start|>system
     {system}<|im_end|>

@@ -3,7 +3,7 @@
     python -m facialr1_jax.data.demo --out DIR [--num_sft 300 --num_rl 4000 --num_test 500
                                                --image_size 112 --seed 0]
 
-writes, in the exact FEA-20K schema (`fea.records`, METHOD.md 1.1):
+writes, in the exact FEA-20K schema (`fea.records`, docs/METHOD.md 2.1):
 
     DIR/stage1_sft.jsonl   records with `description` (the small stage 1 reasoning set)
     DIR/stage2_rl.jsonl    records with labels and no description, a mix like the real stage 2
@@ -16,7 +16,7 @@ writes, in the exact FEA-20K schema (`fea.records`, METHOD.md 1.1):
 
 Every record's `meta_info` keeps the generator's ground truth (emotion, AU intensities with sides,
 identity and pose seeds, the FACS table row), so any face can be re-rendered or analysed; training
-code ignores it (METHOD.md: "free-form, ignored").
+code ignores it (docs/METHOD.md 2.1).
 
 Splits draw from independent random streams of one seed, and every face has its own identity, so
 test faces are new people. `ensure_demo(cache_dir, ...)` reuses a finished build with the same

@@ -6,8 +6,8 @@ stray AUs, so that the AU set alone does not always give the emotion away (the t
 but not trivial; `au_set_ceiling` measures how far the AU sets alone can go).
 
 Sources: the emotion -> AU prototype and variant table of the FACS 2002 Investigator's Guide
-(Ekman, Friesen & Hager; EMFACS) and Matsumoto & Ekman (2008), as copied in
-../shared/spec/FACS.md. The table rows are written below in a small notation:
+(Ekman, Friesen & Hager; EMFACS) and Matsumoto & Ekman (2008), as restated in
+docs/METHOD.md 2.5. The table rows are written below in a small notation:
 
     "1+2+5B+26"     AU1, AU2, AU5 at FACS intensity B, AU26
     "{25|26|27}"    exactly one of these (the table's "(+25/26/27)")
@@ -49,7 +49,7 @@ UNSPECIFIED_INTENSITY = (0.5, 1.0)
 # Sub-threshold traces (drawn, never labelled).
 TRACE_RANGE = (0.06, 0.2)
 
-# FACS.md, "Emotion -> AU prototypes": the prototypes column ...
+# The emotion -> AU prototype table (docs/METHOD.md 2.5): the prototypes column ...
 PROTOTYPES: dict[str, tuple[str, ...]] = {
     "surprise": ("1+2+5B+26", "1+2+5B+27"),
     "fear": ("1+2+4+5+20+{25|26|27}", "1+2+4+5+{25|26|27}"),
@@ -279,7 +279,7 @@ def realise_row(row: str, rng: np.random.Generator) -> dict[str, float]:
 
 
 def _anger_variants() -> tuple[str, ...]:
-    """FACS.md: anger's variants are its prototypes with one of AU4, AU5, AU7, AU10 dropped."""
+    """Anger's variants (docs/METHOD.md 2.5): its prototypes with one of AU4, AU5, AU7, AU10 dropped."""
     rows = []
     for row in PROTOTYPES["anger"]:
         terms = row.split("+")

@@ -2,9 +2,9 @@
 
 Stage 1 trains on ~300 descriptions and the test split is scored with ROUGE-L against them, so the
 built-in data set needs descriptions that look like the ones a strong VLM writes for FEA-20K
-(METHOD.md 1.1 and 2): one paragraph inside think tags that names each visible feature with its
-AU number in parentheses, e.g. "the brows are lowered and drawn together (AU4)", then a sentence
-that links the AUs to the emotion, then the emotion word inside answer tags:
+(docs/METHOD.md sections 1 and 3): one paragraph inside think tags that names each visible
+feature with its AU number in parentheses, e.g. "the brows are lowered and drawn together (AU4)",
+then a sentence that links the AUs to the emotion, then the emotion word inside answer tags:
 
     <think>...</think>
     <answer>emotion</answer>
@@ -30,7 +30,7 @@ import numpy as np
 
 from facialr1_jax.fea.emotions import EMOTIONS
 
-# Words the prompt forbids in the reasoning (METHOD.md 2), matched as whole words, any case.
+# Words the prompt forbids in the reasoning (docs/METHOD.md 3.2), matched as whole words, any case.
 BANNED_WORDS: tuple[str, ...] = ("no", "not", "without", "maybe", "never", "none", "perhaps")
 BANNED_PATTERN = re.compile(r"\b(?:" + "|".join(BANNED_WORDS) + r")\b|n't\b", re.IGNORECASE)
 
@@ -113,8 +113,8 @@ ONE_SIDED_NOUNS: dict[str, str] = {
     "AU15": "a lip corner pulled down on one side",
 }
 
-# The AUs whose presence supports each emotion (the union of its FACS.md prototype and variant
-# rows); these are the cues the linking sentence names.
+# The AUs whose presence supports each emotion (the union of its prototype and variant
+# rows, docs/METHOD.md 2.5); these are the cues the linking sentence names.
 EMOTION_CUES: dict[str, frozenset[str]] = {
     "anger": frozenset({"AU4", "AU5", "AU7", "AU10", "AU17", "AU22", "AU23", "AU24"}),
     "contempt": frozenset({"AU12", "AU14"}),

@@ -3,8 +3,8 @@
 The built-in data set (the demo configs and the tests run on it) needs images whose pixels carry
 the AU and emotion labels, without downloading a face data set. `render` draws a stylised frontal
 face with PIL polygons and curves; every rendered AU moves or marks its own facial region the way
-the FACS manual describes (../shared/spec/FACS.md "What each AU does", after Ekman, Friesen & Hager,
-FACS 2002):
+the FACS manual describes (Ekman, Friesen & Hager, FACS 2002; the built-in data is described in
+docs/METHOD.md 2.5):
 
     AU1  inner brow ends rise, short forehead wrinkles in the centre
     AU2  outer brow ends rise, the brow arches

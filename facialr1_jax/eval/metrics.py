@@ -1,4 +1,4 @@
-"""Benchmark metrics of METHOD.md section 6, computed from prediction texts and FEA records.
+"""Benchmark metrics of docs/METHOD.md section 9, computed from prediction texts and FEA records.
 
 Pure Python (no JAX): the parsing of each output is the oracle's (`facialr1_jax.fea.answers`), so
 the numbers here are by construction the ones the rewards are tested against.
@@ -6,7 +6,7 @@ the numbers here are by construction the ones the rewards are tested against.
     metrics = score_benchmark(predictions, records, get_profile("RAF-DB"))
     metrics.emotion_accuracy, metrics.au_f1_macro, metrics.rouge_l, metrics.to_json()
 
-Every rate is a percentage in [0, 100], the unit of the paper's tables (METHOD.md 7), and ROUGE-L
+Every rate is a percentage in [0, 100], the unit of the paper's tables (docs/METHOD.md 9.2), and ROUGE-L
 is the F-measure x 100. A metric that does not apply to a benchmark (emotion accuracy on DISFA,
 AU F1 on FER2013, ROUGE-L without reference descriptions) is None, never 0.
 
@@ -55,7 +55,7 @@ def _percent(numerator: float, denominator: int) -> float | None:
 
 # ------------------------------------------------------------------------------------- ROUGE-L
 class RougeL:
-    """ROUGE-L F-measure with Porter stemming (the `rouge-score` package, METHOD.md 6).
+    """ROUGE-L F-measure with Porter stemming (the `rouge-score` package, docs/METHOD.md 9.2).
 
     Built once per benchmark: constructing the scorer loads the stemmer. `rouge-score` lower-cases
     and keeps only alphanumeric tokens, so the tags contribute the words "think" and "answer" to
@@ -77,7 +77,7 @@ class RougeL:
 class ExampleScore:
     """How one output was read and scored; one line of the predictions file.
 
-    predicted_emotion: the first answer token as written (METHOD.md 6), "" when nothing is left.
+    predicted_emotion: the first answer token as written (docs/METHOD.md 9.1), "" when nothing is left.
     predicted_class: the benchmark class it names, or OTHER_COLUMN.
     emotion_correct: None when the record has no label.
     predicted_aus: the AUs named in the first think block (whole output if none), sorted.
@@ -139,7 +139,7 @@ def score_example(
     normalize: bool = True,
     rouge: RougeL | None = None,
 ) -> ExampleScore:
-    """Reads one output the way METHOD.md 6 prescribes and scores it against `record`."""
+    """Reads one output the way docs/METHOD.md 9.1 describes and scores it against `record`."""
     token = eval_emotion(text)
     key = normalized_label_key(token) if normalize else token
     label = record.label
@@ -223,14 +223,14 @@ class BenchmarkMetrics:
 
     @property
     def rege_emotion(self) -> float | None:
-        """REGE with emotion recognition: accuracy % + ROUGE-L x 100 (METHOD.md 6)."""
+        """REGE with emotion recognition: accuracy % + ROUGE-L x 100 (docs/METHOD.md 9.2)."""
         if self.emotion_accuracy is None or self.rouge_l is None:
             return None
         return self.emotion_accuracy + self.rouge_l
 
     @property
     def rege_au(self) -> float | None:
-        """REGE with AU recognition: macro AU F1 % + ROUGE-L x 100 (METHOD.md 6)."""
+        """REGE with AU recognition: macro AU F1 % + ROUGE-L x 100 (docs/METHOD.md 9.2)."""
         if self.au_f1_macro is None or self.rouge_l is None:
             return None
         return self.au_f1_macro + self.rouge_l

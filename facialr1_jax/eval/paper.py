@@ -1,7 +1,7 @@
 """The numbers the Facial-R1 paper reports, in one table, so every comparison quotes the same values.
 
-Source: Facial-R1 (arXiv 2511.10254, AAAI 2026), main results tables, as restated in the project's
-METHOD.md section 7. All values are percentages, except ROUGE-L (F x 100), REGE (accuracy % +
+Source: Facial-R1 (arXiv 2511.10254, AAAI 2026), main results tables (the metrics are defined in
+docs/METHOD.md section 9). All values are percentages, except ROUGE-L (F x 100), REGE (accuracy % +
 ROUGE-L x 100) and the GPT score (a 1-10 rating by an external LLM judge, which this project does
 not compute: it needs a network).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PAPER_CITATION = "Facial-R1, arXiv 2511.10254 (AAAI 2026), main results; METHOD.md section 7"
+PAPER_CITATION = "Facial-R1, arXiv 2511.10254 (AAAI 2026), main results tables"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ class PaperTable:
     profiles: tuple[str, ...]
 
 
-# The layout of the paper's tables (METHOD.md 7): AU recognition, emotion recognition, reasoning.
+# The layout of the paper's tables (docs/METHOD.md 9.2): AU recognition, emotion recognition, reasoning.
 PAPER_TABLES: tuple[PaperTable, ...] = (
     PaperTable("AU recognition: F1 (%)", "au_f1_macro", ("DISFA", "BP4D", "RAF-AU", "FABA")),
     PaperTable(

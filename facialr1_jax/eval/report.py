@@ -153,7 +153,7 @@ def markdown_report(
     out += [
         "All numbers are percentages; ROUGE-L is the F-measure x 100 (Porter stemming); REGE is "
         "emotion accuracy + ROUGE-L. An output is *unparseable* when it has neither a "
-        "`<think>` nor an `<answer>` block (metrics then read the raw text, METHOD.md 6).",
+        "`<think>` nor an `<answer>` block (metrics then read the raw text, docs/METHOD.md 9.1).",
         "",
         "## Summary",
         "",

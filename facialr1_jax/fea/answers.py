@@ -1,8 +1,8 @@
 """Reference semantics of every reward and metric on a model answer (the oracle).
 
 This module is the readable definition that the jitted JAX rewards (`facialr1_jax.rewards`) and the
-evaluation harness are tested against, so each rule quotes the METHOD.md sentence it implements and
-states the corner cases explicitly. Everything works on Python `str`; regular expressions are
+evaluation harness are tested against, so each rule names the docs/METHOD.md section it implements
+and states the corner cases explicitly. Everything works on Python `str`; regular expressions are
 Python `re` on str patterns, so:
   * `.` under re.DOTALL matches any character including newlines;
   * `\\s` matches every character for which `str.isspace()` is true (Unicode whitespace such as
@@ -14,9 +14,11 @@ Python `re` on str patterns, so:
   * `str.upper()` (before the AU search) only ever produces "AU<digits>" from ASCII "a"/"A",
     "u"/"U" and ASCII digits, so an AU mention is an ASCII-only pattern.
 
-Stage 2 rewards (METHOD.md 4): `format_reward`, `accuracy_reward`, `au_reward`, `total_reward`.
-Evaluation parsing (METHOD.md 6): `eval_emotion`, `eval_aus`, `eval_emotion_correct`, `au_f1`.
-Stage 3 acceptance (METHOD.md 5): `inspect_synthesis`, `check_synthesis`.
+Stage 2 rewards (docs/METHOD.md section 6): `format_reward`, `accuracy_reward`, `au_reward`,
+`total_reward`.
+Evaluation parsing (docs/METHOD.md section 9): `eval_emotion`, `eval_aus`, `eval_emotion_correct`,
+`au_f1`.
+Stage 3 acceptance (docs/METHOD.md 8.3): `inspect_synthesis`, `check_synthesis`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from facialr1_jax.fea.emotions import clean_label_text, try_normalize_emotion
 
 # --------------------------------------------------------------------------------------------
 # Patterns. Tag names are fixed lowercase ASCII; only the think tag of the AU reward and of
-# evaluation is matched case-insensitively (METHOD.md 4: "tags matched case-insensitively").
+# evaluation is matched case-insensitively (docs/METHOD.md 6.3).
 # --------------------------------------------------------------------------------------------
 FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -52,14 +54,14 @@ REWARD_TERMS = ("format", "accuracy", "au")
 DEFAULT_WEIGHTS: Mapping[str, float] = {"format": 1.0, "accuracy": 1.0, "au": 1.0}
 DEFAULT_CLAMP: tuple[float, float] = (-10.0, 10.0)
 
-# Reward given when a record has no emotion label (METHOD.md 4: "If g is empty -> 0.5").
+# Reward given when a record has no emotion label (docs/METHOD.md 6.2).
 NO_LABEL_ACCURACY = 0.5
 
 
 # ------------------------------------------------------------------------------ format reward
 def format_reward(text: str) -> float:
-    """R_format (METHOD.md 4): "1 iff the whole completion matches
-    `<think>.*?</think>\\s*<answer>.*?</answer>` (dot matches newline, nothing before or after)".
+    """R_format (docs/METHOD.md 6.1): 1 iff the whole completion matches
+    `<think>.*?</think>\\s*<answer>.*?</answer>` (dot matches newline, nothing before or after).
 
     Because the match must cover the whole text, the lazy `.*?` backtracks: the text must start
     with "<think>", end with "</answer>", and contain some "</think>" followed by optional
@@ -72,8 +74,8 @@ def format_reward(text: str) -> float:
 
 # ---------------------------------------------------------------------------- accuracy reward
 def extract_answer_last(text: str) -> str:
-    """The prediction of the accuracy reward (METHOD.md 4): "content of the LAST
-    `<answer>...</answer>`, stripped; if there is no answer tag, the whole completion stripped".
+    """The prediction of the accuracy reward (docs/METHOD.md 6.2): the content of the LAST
+    `<answer>...</answer>`, stripped; without an answer tag, the whole completion stripped.
 
     Matches are found left to right without overlap (`re.findall`), each ending at the first
     "</answer>" after its "<answer>": in "<answer>a<answer>b</answer>" the only match is
@@ -103,8 +105,8 @@ def normalized_label_key(text: str) -> str:
 
 
 def accuracy_reward(text: str, label: str | None, mode: str = "normalized") -> float:
-    """R_acc (METHOD.md 4): "ground truth g = labels[0]. If g is empty -> 0.5 (constant).
-    ... R_acc = 1 iff prediction == g, else 0."
+    """R_acc (docs/METHOD.md 6.2): the ground truth g is labels[0]; 0.5 (constant) when g is
+    empty, else 1 iff the prediction equals g, else 0.
 
     * empty label (None, "" or whitespace only): 0.5 whatever the text;
     * mode "exact" (the reference code): `extract_answer_last(text) == label`, case-sensitive,
@@ -127,8 +129,8 @@ def accuracy_reward(text: str, label: str | None, mode: str = "normalized") -> f
 # ---------------------------------------------------------------------------------- AU reward
 def extract_think_first(text: str) -> str | None:
     """Content of the FIRST `<think>...</think>` (tags case-insensitive, content not stripped),
-    or None when there is no closed think block (METHOD.md 4: "inside the FIRST
-    `<think>...</think>` (tags matched case-insensitively)")."""
+    or None when there is no closed think block (docs/METHOD.md 6.3: the FIRST
+    `<think>...</think>`, tags matched case-insensitively)."""
     match = THINK_PATTERN.search(text)
     return match.group(1) if match else None
 
@@ -141,9 +143,9 @@ def au_mentions(text: str) -> frozenset[str]:
 
 
 def reward_aus(text: str) -> frozenset[str]:
-    """P of the AU reward (METHOD.md 4): "set of `AU<digits>` (ASCII digits, compared as
-    strings: AU01 != AU1) found (after upper-casing) inside the FIRST `<think>...</think>` ...;
-    no think block -> P = {}"."""
+    """P of the AU reward (docs/METHOD.md 6.3): the set of `AU<digits>` (ASCII digits, compared
+    as strings: AU01 != AU1) found, after upper-casing, inside the FIRST `<think>...</think>`;
+    no think block -> P = {}."""
     think = extract_think_first(text)
     if think is None:
         return frozenset()
@@ -151,7 +153,7 @@ def reward_aus(text: str) -> frozenset[str]:
 
 
 def ground_truth_aus(gt_aus: Iterable[str]) -> frozenset[str]:
-    """T of the AU reward (METHOD.md 4): "ground-truth AU set (upper-cased)"."""
+    """T of the AU reward (docs/METHOD.md 6.3): the ground-truth AU set, upper-cased."""
     if isinstance(gt_aus, str):
         # Iterating a string would give its characters; "AU12" must arrive as ["AU12"].
         raise TypeError(f"AU sets must be collections of AU names, not the string {gt_aus!r}")
@@ -159,7 +161,7 @@ def ground_truth_aus(gt_aus: Iterable[str]) -> frozenset[str]:
 
 
 def f1_of_sets(predicted: frozenset[str], truth: frozenset[str]) -> float:
-    """F1 = 2pr/(p+r), p = |P&T|/|P|, r = |P&T|/|T|; 0 when p + r = 0 (METHOD.md 4).
+    """F1 = 2pr/(p+r), p = |P&T|/|P|, r = |P&T|/|T|; 0 when p + r = 0 (docs/METHOD.md 6.3).
 
     Both sets must be non-empty (the AU reward handles the empty cases before calling this).
     """
@@ -172,9 +174,8 @@ def f1_of_sets(predicted: frozenset[str], truth: frozenset[str]) -> float:
 
 
 def au_reward(text: str, gt_aus: Iterable[str], mode: str = "2f1-1") -> float:
-    """R_AU (METHOD.md 4): "If T = {} -> R_AU = 0. Else if P = {} -> R_AU = -1. Else F1 ...,
-    and R_AU = 2*F1 - 1. (The paper text says R_AU = F1 in [0, 1]; offer both, default to the
-    2F1-1 form.)"
+    """R_AU (docs/METHOD.md 6.3): 0 when T = {}; else -1 when P = {}; else 2*F1 - 1 (the
+    reference code's form, the default). The paper's text uses R_AU = F1 in [0, 1] (mode "f1").
 
     * T = {}: 0.0 in both modes (nothing to reward or punish);
     * P = {} (no think block, or no AU mention in it): -1.0 in mode "2f1-1"; 0.0 in mode "f1",
@@ -203,8 +204,8 @@ def total_reward(
     au_mode: str = "2f1-1",
     clamp: tuple[float, float] | None = DEFAULT_CLAMP,
 ) -> dict[str, float]:
-    """R = w_au R_AU + w_acc R_acc + w_format R_format, clamped (METHOD.md 4: "Rewards, summed
-    per completion (the reference code clamps the sum to [-10, 10])").
+    """R = w_au R_AU + w_acc R_acc + w_format R_format, clamped (docs/METHOD.md 6.4: the rewards
+    are summed per completion; the reference code clamps the sum to [-10, 10]).
 
     Returns {"format", "accuracy", "au": unweighted terms, "total": the clamped weighted sum}.
     `weights` may leave terms out (weight 0); unknown keys are an error. `clamp=None` disables
@@ -228,8 +229,9 @@ def total_reward(
 
 # --------------------------------------------------------------------------------- evaluation
 def eval_emotion(text: str) -> str:
-    """The predicted emotion for accuracy (METHOD.md 6): "first `<answer>` content (whole output
-    if none), split on commas, semicolons and whitespace, first token"; "" when nothing is left.
+    """The predicted emotion for accuracy (docs/METHOD.md 9.1): the first `<answer>` content (the
+    whole output if none), split on commas, semicolons and whitespace, first token; "" when
+    nothing is left.
 
     Note the difference from the accuracy reward, which takes the LAST answer and the whole
     stripped content. The token keeps its case and punctuation; compare with
@@ -244,7 +246,7 @@ def eval_emotion(text: str) -> str:
 
 
 def eval_emotion_correct(text: str, label: str | None, *, normalize: bool = True) -> bool:
-    """First token == labels[0] (METHOD.md 6). With `normalize` both sides go through
+    """First token == labels[0] (docs/METHOD.md 9.2). With `normalize` both sides go through
     `normalized_label_key` (so "Happy." counts for "happiness"); without it the comparison is
     exact. A record without a label is never counted correct (callers should skip it)."""
     if label_is_empty(label):
@@ -257,10 +259,10 @@ def eval_emotion_correct(text: str, label: str | None, *, normalize: bool = True
 
 
 def eval_aus(text: str) -> frozenset[str]:
-    """Predicted AUs for AU F1 (METHOD.md 6): "unique `AU<digits>` inside the first think block
-    (whole output if none)". Same mention rule as the reward (`au_mentions`: upper-cased, ASCII
-    digits, "AU01" kept as written), but a missing think block falls back to the whole output
-    instead of the empty set."""
+    """Predicted AUs for AU F1 (docs/METHOD.md 9.1): the unique `AU<digits>` inside the first
+    think block (the whole output if none). Same mention rule as the reward (`au_mentions`:
+    upper-cased, ASCII digits, "AU01" kept as written), but a missing think block falls back to
+    the whole output instead of the empty set."""
     think = extract_think_first(text)
     return au_mentions(text if think is None else think)
 
@@ -285,8 +287,8 @@ class AUF1Report:
 def au_f1(
     predicted: Sequence[Iterable[str]], truth: Sequence[Iterable[str]], au_list: Sequence[str]
 ) -> AUF1Report:
-    """Binarise predictions and ground truth over `au_list` and score (METHOD.md 6: "binarise
-    over the evaluated AU list; report macro F1 (mean of per-AU F1) and micro F1").
+    """Binarise predictions and ground truth over `au_list` and score (docs/METHOD.md 9.2:
+    binarised over the evaluated AU list; macro F1 = mean of per-AU F1, and micro F1).
 
     AUs outside `au_list` are ignored on both sides. An AU with no positive in either the
     predictions or the truth has F1 0.0 and still counts in the macro mean (the list is fixed by
@@ -329,7 +331,7 @@ def _list_aus(aus: Iterable[str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SynthesisCheck:
-    """What the stage 3 check found in one generated answer (METHOD.md 5 step 3).
+    """What the stage 3 check found in one generated answer (docs/METHOD.md 8.3).
 
     `problems` are readable sentences, ready for the feedback section of the next prompt; the
     answer is accepted iff there are none.
@@ -354,9 +356,9 @@ def inspect_synthesis(
     *,
     require_format: bool = True,
 ) -> SynthesisCheck:
-    """The stage 3 check (METHOD.md 5): "AU set in the answer == ground-truth AU set (when the
-    record has AUs), label == ground-truth label (when it has one), think and answer tags present
-    and non-empty".
+    """The stage 3 check (docs/METHOD.md 8.3): the AU set in the answer equals the ground-truth
+    AU set (when the record has AUs), the label equals the ground-truth label (when it has one),
+    and the think and answer tags are present and non-empty.
 
     Rules, chosen so an accepted answer earns the full stage 2 reward:
       * think: the first think block (`extract_think_first`) must exist and be non-blank;

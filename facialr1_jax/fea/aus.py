@@ -1,7 +1,7 @@
 """Facial Action Units: names, and parsing of the codes that source label files use.
 
 Two vocabularies live here:
-  * `PROMPT_AUS`: the 30 AUs whose definitions the instruction prompt lists (METHOD.md 1.3, in
+  * `PROMPT_AUS`: the 30 AUs whose definitions the instruction prompt lists (docs/METHOD.md 2.3, in
     that order, with the names used there);
   * `FACS_AU_NAMES`: every FACS code a source annotation may carry (the main action units 1-46 and
     the head / eye position units 51-64), so the parser can tell a real but unprompted AU (AU8,
@@ -10,7 +10,7 @@ Two vocabularies live here:
 Canonical AU names are "AU" + the decimal number without leading zeros ("AU1", "AU12"). The parser
 below maps source codes onto that form. The reward (`answers.reward_aus`) does NOT go through this
 parser: it compares the strings the model wrote, so a generated "AU01" is not "AU1" there
-(METHOD.md 4), while a source label "AU01" is AU1 here.
+(docs/METHOD.md 6.3), while a source label "AU01" is AU1 here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-# METHOD.md 1.3: "the 30 AUs the prompt defines", in prompt order.
+# The 30 AUs the prompt defines, in prompt order (docs/METHOD.md 2.3).
 PROMPT_AUS: dict[str, str] = {
     "AU1": "inner brow raiser",
     "AU2": "outer brow raiser",

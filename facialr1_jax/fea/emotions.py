@@ -1,6 +1,6 @@
 """The emotion vocabulary and the mapping of free-text labels onto it.
 
-Facial-R1 answers with one emotion noun from a closed list (METHOD.md 1.2). Source datasets and
+Facial-R1 answers with one emotion noun from a closed list (docs/METHOD.md 2.2). Source datasets and
 model outputs spell the same emotion in several ways ("Happy", "happiness.", "SURPRISED"); this
 module maps those spellings onto the canonical nouns so records, prompts and the normalised
 accuracy reward all
@@ -13,7 +13,7 @@ Normalisation steps, in order (`clean_label_text`):
   4. trailing punctuation removed ("happiness." -> "happiness", "fear!?" -> "fear").
 The cleaned text is then looked up in `EMOTION_SYNONYMS` (canonical nouns map to themselves).
 
-The synonym table is deliberately small: the noun, its adjective (METHOD.md 1.1 lists
+The synonym table is deliberately small: the noun, its adjective (docs/METHOD.md 2.2:
 angry->anger, happy->happiness, sad->sadness, surprised->surprise, fearful->fear,
 disgusted->disgust, contemptuous->contempt) and a few unambiguous everyday words ("afraid",
 "scared", "calm"). A broad thesaurus would let the normalised accuracy reward accept answers that

@@ -1,6 +1,6 @@
 """Per-dataset facts: which emotion labels exist, which AUs are annotated and which are evaluated.
 
-Numbers from METHOD.md 1.2 (emotion vocabularies) and 1.3 (evaluated AU subsets, the standard
+Numbers as in docs/METHOD.md 2.4 (emotion vocabularies, and evaluated AU subsets: the standard
 protocols of the AU literature); the built-in synthetic set (`synthface`) uses all eight emotions
 and the 20 AUs its renderer draws.
 
@@ -8,7 +8,7 @@ Conventions of `DatasetProfile`:
   * `labels`: the emotions that occur as ground truth, in `EMOTIONS` order; () for AU-only sets.
   * `eval_aus`: the AUs the benchmark protocol scores. () means the set is not an AU benchmark
     (emotion-only). None means there is no fixed list: score the AUs present in the test ground
-    truth (RAF-AU, METHOD.md 1.3; also the mixed FEA-20K) - see `DatasetProfile.au_eval_list`.
+    truth (RAF-AU and the mixed FEA-20K, docs/METHOD.md 2.4) - see `DatasetProfile.au_eval_list`.
   * `annotated_aus`: the AUs the source annotates; () for emotion-only sets, None when it varies
     per record (RAF-AU, FEA-20K).
 """
@@ -51,10 +51,10 @@ class DatasetProfile:
         return self.eval_aus != ()
 
     def au_eval_list(self, ground_truth_au_sets: Iterable[Iterable[str]] = ()) -> tuple[str, ...]:
-        """The AUs to binarise over for AU F1 (METHOD.md 6).
+        """The AUs to binarise over for AU F1 (docs/METHOD.md 9.2).
 
         The fixed protocol list when there is one; otherwise the union of the AUs in the given
-        ground truth ("RAF-AU: the AUs present in its test ground truth", METHOD.md 1.3).
+        ground truth (RAF-AU and FEA-20K, docs/METHOD.md 2.4).
         """
         if self.eval_aus is not None:
             return self.eval_aus
@@ -183,8 +183,8 @@ def get_profile(name: str) -> DatasetProfile:
 def labels_for(dataset: str | None) -> tuple[str, ...]:
     """The allowed answer list to put in a prompt for a record of `dataset`.
 
-    Decision: every answer ends with one emotion word (METHOD.md intro), so a prompt always needs
-    a list. A known dataset with emotion labels gives its own vocabulary (METHOD.md 1.2). AU-only
+    Decision: every answer ends with one emotion word (docs/METHOD.md section 1), so a prompt always needs
+    a list. A known dataset with emotion labels gives its own vocabulary (docs/METHOD.md 2.4). AU-only
     datasets (DISFA, BP4D) and datasets without a profile (the `dataset` field is free text in
     the FEA schema) give all eight emotions: the model still has to name one, and no label set
     narrower than the union is known to be right for them.

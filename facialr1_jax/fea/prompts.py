@@ -1,6 +1,6 @@
 """Instruction text for the user turn: the task prompt, the stage 3 synthesis prompt, feedback.
 
-Layout (METHOD.md 2), in this order:
+Layout (docs/METHOD.md 3.2), in this order:
   1. the question (the record's, `<image>` placeholders removed; a default when empty);
   2. requirements: one concise paragraph of reasoning inside think tags about the critical AUs,
      visible features with AU numbers in parentheses, how the AUs together indicate the emotion,
@@ -9,7 +9,7 @@ Layout (METHOD.md 2), in this order:
   4. one worked example of a complete answer.
 The "compact" variant keeps 1 and 2 only (for small models and short contexts).
 
-The synthesis prompt (METHOD.md 5) appends a ground-truth section; a rejected attempt appends a
+The synthesis prompt (docs/METHOD.md 3.3) appends a ground-truth section; a rejected attempt appends a
 feedback section quoting it and listing its problems (`answers.inspect_synthesis` words them).
 The wording is ours. The image itself is not part of this text: the chat template puts it before
 the instruction in the user turn.
@@ -51,8 +51,7 @@ _IMAGE_PLACEHOLDER = re.compile(r"<image>", re.IGNORECASE)
 
 def clean_question(question: str | None) -> str:
     """The question with every `<image>` placeholder removed and whitespace tidied; the default
-    question when nothing is left (METHOD.md 1.1: "may contain `<image>` (strip it); empty -> a
-    default question")."""
+    question when nothing is left (docs/METHOD.md 2.1)."""
     if question is None:
         return DEFAULT_QUESTION
     if not isinstance(question, str):
@@ -106,7 +105,7 @@ def _example() -> str:
 def build_instruction(
     question: str | None, labels: Iterable[str] | None, variant: str = "full"
 ) -> str:
-    """The user-turn instruction (METHOD.md 2): question, requirements with the allowed list,
+    """The user-turn instruction (docs/METHOD.md 3.2): question, requirements with the allowed list,
     and for the "full" variant the 30 AU definitions and the worked example."""
     if variant not in VARIANTS:
         raise ValueError(f"prompt variant {variant!r} is not one of {VARIANTS}")
@@ -128,7 +127,7 @@ def build_synthesis_instruction(
     gt_label: str | None,
     variant: str = "full",
 ) -> str:
-    """The stage 3 prompt (METHOD.md 2 and 5): the instruction plus a ground-truth section with
+    """The stage 3 prompt (docs/METHOD.md 3.3): the instruction plus a ground-truth section with
     the AU line only when the record has AUs and the emotion line only when it has a label.
 
     `gt_aus` are source or canonical codes (parsed with `aus.parse_au_codes`); `gt_label` any
@@ -158,8 +157,8 @@ def build_synthesis_instruction(
 
 
 def build_feedback(previous_answer: str, problems: Sequence[str]) -> str:
-    """A feedback section for a rejected attempt (METHOD.md 2: it "quotes the previous answer
-    and lists what was wrong"). Append it to the synthesis prompt; several rounds accumulate."""
+    """A feedback section for a rejected attempt (docs/METHOD.md 3.3: it quotes the previous
+    answer and lists what was wrong). Append it to the synthesis prompt; several rounds accumulate."""
     if isinstance(problems, str):
         raise TypeError("problems must be a sequence of sentences, not one string")
     if not problems:

@@ -1,4 +1,4 @@
-"""The FEA JSONL record schema (METHOD.md 1.1): parse, validate, read, write.
+"""The FEA JSONL record schema (docs/METHOD.md 2.1): parse, validate, read, write.
 
 One JSON object per line:
   id (str, non-empty, unique in a file)         required
@@ -92,7 +92,7 @@ class FEARecord:
 
     @property
     def label(self) -> str | None:
-        """The ground-truth emotion: labels[0] (METHOD.md 1.1: "only `labels[0]` is used")."""
+        """The ground-truth emotion: labels[0] (docs/METHOD.md 2.1: later labels are not used)."""
         return self.labels[0] if self.labels else None
 
     @property

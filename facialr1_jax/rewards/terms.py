@@ -2,8 +2,8 @@
 
 Each term maps a `TermInputs` (the scan result plus the batch) to a [B] float32 array. `REWARDS`
 names them; the total is the clamped weighted sum over the terms with a non-zero weight
-(METHOD.md 4: "Total R = R_AU + R_acc + R_format (weights configurable)", clamped to [-10, 10] by
-the reference code). The three method rewards reproduce `fea.answers` exactly; `length` and
+(docs/METHOD.md 6.4: configurable weights, clamped to [-10, 10] by default as in the reference
+code). The three method rewards reproduce `fea.answers` exactly; `length` and
 `repetition` are optional shaping terms, off by default, with pure-Python references below.
 
 Configuration keys (`configs/grpo.py`, `c.rewards`; unknown keys are an error):

@@ -1,5 +1,6 @@
-"""Stage 3 (METHOD.md 5): the model annotates labelled records, an automatic check keeps the answers
-that match the ground truth, and the kept records feed the next round of SFT -> GRPO.
+"""Stage 3 (docs/METHOD.md section 8): the model annotates labelled records, an automatic check
+keeps the answers that match the ground truth, and the kept records feed the next round of
+SFT -> GRPO.
 
 Modules, in the order data flows through them:
   settings     the `synth` config section, checked (`SynthSettings`)

@@ -1,4 +1,4 @@
-"""The automatic check of one generated answer against its record's ground truth (METHOD.md 5.3).
+"""The automatic check of one generated answer against its record's ground truth (docs/METHOD.md 8.3).
 
 The reference check ("AU set in the answer == ground-truth AU set (when the record has AUs),
 label == ground-truth label (when it has one), think and answer tags present and non-empty") is
@@ -46,7 +46,7 @@ PROMPT_TOO_LONG = "prompt too long"
 
 
 def default_hedge_words() -> tuple[str, ...]:
-    """The words the built-in reasoning writer never uses and the prompt forbids (METHOD.md 2)."""
+    """The words the built-in reasoning writer never uses and the prompt forbids (docs/METHOD.md 3.2)."""
     from facialr1_jax.data.reasoning import BANNED_WORDS
 
     return tuple(BANNED_WORDS)

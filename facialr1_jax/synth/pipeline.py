@@ -1,4 +1,4 @@
-"""The iterative Facial-R1 loop: rounds of SFT -> GRPO -> evaluation -> synthesis (METHOD.md 5.5).
+"""The iterative Facial-R1 loop: rounds of SFT -> GRPO -> evaluation -> synthesis (docs/METHOD.md 8.5).
 
     python launch/train.py --config=configs/pipeline.py --workdir=W
 

@@ -1,4 +1,5 @@
-"""Stage 3: annotate labelled records with verified reasoning written by the model itself (METHOD.md 5).
+"""Stage 3: annotate labelled records with verified reasoning written by the model itself
+(docs/METHOD.md section 8).
 
     python launch/train.py --config=configs/synth.py --workdir=W --config.synth.checkpoint=workdirs/grpo
 

@@ -1,4 +1,4 @@
-"""The GRPO objective as small pure functions (METHOD.md section 4), selected by configuration.
+"""The GRPO objective as small pure functions (docs/METHOD.md section 7), selected by configuration.
 
 Each function works on [batch, time] arrays of per-token log-probabilities of the sampled
 completion tokens, with a [batch, time] completion mask (1 up to and including the first end-of-turn

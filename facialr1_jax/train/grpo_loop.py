@@ -1,4 +1,4 @@
-"""Stage 2: GRPO with rewards computed inside jit (METHOD.md section 4).
+"""Stage 2: GRPO with rewards computed inside jit (docs/METHOD.md section 7).
 
     python launch/train.py --config=configs/grpo.py --workdir=W
 

@@ -1,4 +1,4 @@
-"""Stage 1: supervised fine-tuning on reasoning-annotated FEA records (METHOD.md section 3).
+"""Stage 1: supervised fine-tuning on reasoning-annotated FEA records (docs/METHOD.md section 5).
 
     python launch/train.py --config=configs/sft.py --workdir=W
 

@@ -150,7 +150,7 @@ def test_every_table_row_parses_and_realises():
 
 
 def test_anger_variants_drop_one_core_au():
-    """FACS.md: anger's variants are its prototypes with one of AU4, AU5, AU7, AU10 dropped."""
+    """Anger's variants (docs/METHOD.md 2.5): its prototypes with one of AU4, AU5, AU7, AU10 dropped."""
     variants = expressions.variant_rows("anger")
     assert "5+7+23+[25|26]" in variants and "4+5+7+22+23+{25|26}" in variants
     for row in variants:

@@ -1,4 +1,4 @@
-"""Benchmark metrics against values computed by hand (METHOD.md section 6)."""
+"""Benchmark metrics against values computed by hand (docs/METHOD.md section 9)."""
 
 import pytest
 

@@ -1,6 +1,7 @@
-"""The reference reward and metric semantics (METHOD.md 4 and 6) and the stage 3 check (5).
+"""The reference reward and metric semantics (docs/METHOD.md sections 6 and 9) and the stage 3
+check (8.3).
 
-Expected values are worked out by hand from the METHOD.md rules, and the property tests compare
+Expected values are worked out by hand from the docs/METHOD.md rules, and the property tests compare
 the regex-based oracle against independent character-scanning implementations written here.
 """
 

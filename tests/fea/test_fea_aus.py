@@ -14,7 +14,8 @@ from facialr1_jax.fea.aus import (
     sort_aus,
 )
 
-METHOD_1_3_ORDER = [
+# The prompt's 30 AUs in prompt order (docs/METHOD.md 2.3).
+PROMPT_AU_ORDER = [
     1,
     2,
     4,
@@ -48,8 +49,8 @@ METHOD_1_3_ORDER = [
 ]
 
 
-def test_prompt_aus_are_the_30_of_method_1_3_in_order():
-    assert list(PROMPT_AUS) == [f"AU{n}" for n in METHOD_1_3_ORDER]
+def test_prompt_aus_are_the_30_of_the_method_in_order():
+    assert list(PROMPT_AUS) == [f"AU{n}" for n in PROMPT_AU_ORDER]
     assert PROMPT_AUS["AU1"] == "inner brow raiser"
     assert PROMPT_AUS["AU11"] == "nasolabial furrow deepener"
     assert PROMPT_AUS["AU25"] == "lips parted"

@@ -33,7 +33,7 @@ def test_vocabulary_is_the_eight_nouns_of_method_1_2():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        # METHOD.md 1.1 adjective -> noun table
+        # the adjective -> noun table (docs/METHOD.md 2.2)
         ("angry", "anger"),
         ("happy", "happiness"),
         ("sad", "sadness"),

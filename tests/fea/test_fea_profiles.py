@@ -1,4 +1,4 @@
-"""Dataset profiles (METHOD.md 1.2 label sets, 1.3 evaluated AU subsets)."""
+"""Dataset profiles (docs/METHOD.md 2.4: label sets and evaluated AU subsets)."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""Instruction, synthesis and feedback prompts (METHOD.md 2 and 5)."""
+"""Instruction, synthesis and feedback prompts (docs/METHOD.md sections 3 and 8)."""
 
 import re
 
