@@ -44,7 +44,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["facialr1_jax", "facialr1_jax.*"]),
-    package_data={"facialr1_jax": ["data/tokenizer/*"]},
+    package_data={"facialr1_jax": ["data/tokenizer/*", "assets/demo-base/*"]},
     include_package_data=True,
     install_requires=RUNTIME,
     extras_require={"test": TEST, "bench": BENCH},

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.pretrain.num_train_faces = 64000  # Distinct training faces (each a new person).
     c.pretrain.num_eval_faces = 500  # Held-out faces of other new people (the perception metrics).
     c.pretrain.corpus_seed = 0  # Seeds the corpus's AU sets, identities and poses.
-    c.pretrain.num_steps = 1600  # Optimiser steps of next-token training on perception turns.
+    c.pretrain.num_steps = 1000  # Optimiser steps of next-token training on perception turns.
     c.pretrain.batch_size = 64  # Turns per step (one turn per face, drawn per epoch).
     # Supervised vision warm-up on the corpus faces before step 0 (AU targets; train/vision_warmup.py).
     c.pretrain.vision_warmup_steps = 800
