@@ -1,4 +1,4 @@
-"""Stage 1: supervised fine-tuning on reasoning-annotated records (METHOD.md section 3).
+"""Stage 1: supervised fine-tuning on reasoning-annotated records (docs/METHOD.md section 5).
 
 Variants (`--config=configs/sft.py:VARIANT`):
   demo (default)   the built-in synthetic faces and the small demo model, trained from scratch on CPU.
@@ -33,12 +33,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.sft.final_eval_num_examples = 0  # Held-out examples for the final greedy evaluation (0 = the whole test split).
     c.sft.eval_batch_size = 32  # Sequences per held-out loss batch and prompts per generation batch.
     c.sft.eval_max_new_tokens = 160  # Greedy generation length in the evaluations.
-    # Supervised vision warm-up before step 0 (facialr1_jax/train/vision_warmup.py): the vision tower plus a
-    # throw-away linear head learn the AUs and emotion of the labelled training faces, standing in for the
-    # pretrained tower of a real VLM. Fresh models only: skipped when resuming or loading model.checkpoint.
-    c.sft.vision_warmup_steps = 0  # Warm-up optimiser steps; 0 = off (pretrained towers need none).
-    c.sft.vision_warmup_batch_size = 128  # Faces per warm-up step (all images must share one patch grid).
-    c.sft.vision_warmup_lr = 2e-3  # Peak AdamW lr of the warm-up (10% linear warm-up, then cosine).
 
     _apply_variant(c, variant)
     return c
@@ -46,23 +40,16 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
 def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
     if variant == "demo":
-        # Measured on the built-in data (README): 150 steps of 16 already give a 100% format-valid rate
-        # on held-out faces; 160 keep a margin while the whole run stays well inside 10 CPU minutes.
-        c.optimizer.lr = 2e-3
-        c.optimizer.warmup_steps = 20
+        # The demo starts, as the paper does, from a base VLM that perceives: the shipped `demo-base`
+        # (stage 0, configs/pretrain.py), which describes faces with AU codes but knows no emotion.
+        c.model.checkpoint = "demo-base"
+        c.optimizer.lr = 5e-4
+        c.optimizer.warmup_steps = 10
         c.sft.num_epochs = 0.0
-        c.sft.num_steps = 160
-        c.sft.eval_every_steps = 40
+        c.sft.num_steps = 200
+        c.sft.eval_every_steps = 50
         c.sft.eval_num_examples = 32
-        # From scratch, next-token loss alone leaves the vision tower blind (emotion accuracy at chance).
-        # 200 steps of 128 faces take about 105 s here, and the throw-away head then reads 59.4% emotion
-        # accuracy and AU micro-F1 0.640 on the test faces (WORKDIR/vision_warmup.json of this config;
-        # the most frequent emotion is 16%); --config.sft.vision_warmup_steps=N measures other lengths.
-        c.sft.vision_warmup_steps = 200
-        # ... and the from-scratch language model's first gradients flatten those features again (with the
-        # tower trained, its output after SFT varies along 3 directions and carries no emotion:
-        # benchmarks/demo_perception.py), so the demo keeps the warmed-up tower frozen, as VLM fine-tuning
-        # on little data often does.
+        # The base's tower was trained to see the AUs; 300 descriptions are too few to move it further.
         c.optimizer.vision_lr_scale = 0.0
     elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
         c.model.preset = variant

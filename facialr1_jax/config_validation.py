@@ -99,9 +99,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sft.final_eval_num_examples": (_non_negative, ">= 0 (0 = the whole test split)"),
     "sft.eval_batch_size": (_positive, "> 0"),
     "sft.synthesis_prompt_share": (_probability, "in [0, 1]"),
-    "sft.vision_warmup_steps": (_non_negative, ">= 0 (0 = off)"),
-    "sft.vision_warmup_batch_size": (_positive, "> 0"),
-    "sft.vision_warmup_lr": (_positive, "> 0"),
     "pretrain.num_train_faces": (_positive, "> 0"),
     "pretrain.num_eval_faces": (_positive, "> 0"),
     "pretrain.corpus_seed": (_non_negative, ">= 0"),
@@ -210,6 +207,10 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
             raise ConfigError(f"config.model.preset_overrides is not valid JSON: {error}") from None
         if not isinstance(parsed, dict):
             raise ConfigError(f"config.model.preset_overrides must be a JSON object, got {overrides!r}")
+        if config.model.get("checkpoint"):
+            raise ConfigError(
+                f"config.{prefix}model.preset_overrides shapes a fresh model, but config.{prefix}model.checkpoint = "
+                f"{config.model.checkpoint!r} loads one; set config.{prefix}model.checkpoint = '' to train from scratch")
     present, micro = _lookup(config, "sft.micro_batch_size")
     if present and micro and config.sft.batch_size % micro:
         raise ConfigError(

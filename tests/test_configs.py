@@ -91,7 +91,7 @@ def test_missing_stage_module_names_its_issue(monkeypatch):
 
 
 def test_unknown_stage_lists_known_ones():
-    with pytest.raises(stages.StageUnavailableError, match="known stages: sft, grpo"):
+    with pytest.raises(stages.StageUnavailableError, match="known stages: pretrain, sft, grpo"):
         stages.resolve_stage("distill")
 
 

@@ -141,12 +141,19 @@ def perception_metrics(model, split: datasets.LoadedSplit, tokenizer, encoding: 
     return row
 
 
-def warm_up_vision(config: Any, model, train: datasets.LoadedSplit, held_out: datasets.LoadedSplit, *,
-                   workdir: str, mesh, is_main: bool) -> dict | None:
-    """The supervised vision warm-up on the corpus faces (AU targets; no emotion labels exist here)."""
+def maybe_warm_up_vision(config: Any, model, train: datasets.LoadedSplit, held_out: datasets.LoadedSplit, *,
+                         workdir: str, mesh, resuming: bool, is_main: bool) -> dict | None:
+    """The supervised vision warm-up on the training faces (`pretrain.vision_warmup_steps` > 0; AU targets,
+    and emotion targets for records that have them, which the corpus's never do); writes
+    WORKDIR/vision_warmup.json and returns its metrics. Skipped (None) when resuming, since the checkpoint
+    holds the warmed tower, and for `model.checkpoint` weights, whose tower is trained already."""
     p = config.pretrain
     steps = int(p.vision_warmup_steps)
     if steps <= 0:
+        return None
+    if resuming or config.model.checkpoint:
+        _log.info("vision warm-up skipped: %s", "resuming from a checkpoint" if resuming else
+                  "the model comes from model.checkpoint")
         return None
     train_faces = vision_warmup.LabelledFaces([train])
     eval_faces = vision_warmup.LabelledFaces([held_out], train_faces.labels.au_vocabulary)
@@ -181,10 +188,8 @@ def run_pretrain(config: Any, workdir: str) -> dict:
 
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
                                                async_save=bool(config.checkpoint.async_save))
-    resuming = checkpointer.latest_step() is not None
-    warmup_result = None
-    if not resuming and not config.model.checkpoint:
-        warmup_result = warm_up_vision(config, model, train, held_out, workdir=workdir, mesh=mesh, is_main=is_main)
+    warmup_result = maybe_warm_up_vision(config, model, train, held_out, workdir=workdir, mesh=mesh,
+                                         resuming=checkpointer.latest_step() is not None, is_main=is_main)
 
     dataset = perception_dataset(train, tokenizer, encoding, model.config, seed=int(config.seed),
                                  batch_size=int(p.batch_size))

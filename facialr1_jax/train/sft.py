@@ -46,7 +46,7 @@ from facialr1_jax.data import tokenizer as tokenizer_lib
 from facialr1_jax.data.examples import EncodingConfig, encode_sft_example, has_target
 from facialr1_jax.parallel import TRAINING_RULES, files, make_mesh, shard_model
 from facialr1_jax.train import checkpoint as checkpoint_lib
-from facialr1_jax.train import evaluation, forward, loop, optim, vision_warmup
+from facialr1_jax.train import evaluation, forward, loop, optim
 from facialr1_jax.train import state as state_lib
 from facialr1_jax.train import step as step_lib
 from facialr1_jax.train.metrics import MetricsLogger, ProgressBar, StepJsonl
@@ -192,42 +192,6 @@ def quiet_library_logs() -> None:
             handler.addFilter(_DropLibraryChatter())
 
 
-def maybe_warm_up_vision(config: Any, model: nnx.Module, train_split: datasets.LoadedSplit,
-                         test_split: datasets.LoadedSplit | None, *, workdir: str, mesh: jax.sharding.Mesh,
-                         resuming: bool, is_main: bool) -> dict | None:
-    """Runs the supervised vision warm-up (`train.vision_warmup`) on a fresh model when
-    `sft.vision_warmup_steps` > 0; writes WORKDIR/vision_warmup.json and returns its metrics.
-
-    Skipped (None) when resuming, since the checkpoint already holds the warmed tower, and for
-    `model.checkpoint` weights, whose tower is pretrained. Trains on the stage 1 and stage 2 records
-    (the "sft" and "rl" splits); the test split only measures the throw-away head.
-    """
-    steps = int(config.sft.get("vision_warmup_steps", 0))
-    if steps <= 0:
-        return None
-    if resuming or config.model.checkpoint:
-        _log.info("vision warm-up skipped: %s", "resuming from a checkpoint" if resuming else
-                  "the model comes from model.checkpoint")
-        return None
-    rl_split = datasets.load_split(config, "rl", workdir=workdir)
-    train_faces = vision_warmup.LabelledFaces([train_split, rl_split])
-    eval_faces = (vision_warmup.LabelledFaces([test_split], train_faces.labels.au_vocabulary)
-                  if test_split is not None else None)
-    bar = ProgressBar(steps) if is_main and bool(config.logging.progress_bar) else None
-    result = vision_warmup.run_vision_warmup(
-        model, train_faces, steps=steps, batch_size=int(config.sft.vision_warmup_batch_size),
-        lr=float(config.sft.vision_warmup_lr), seed=int(config.seed), mesh=mesh,
-        image_config=image_lib.ImageConfig(min_pixels=int(config.data.min_pixels),
-                                           max_pixels=int(config.data.max_pixels)),
-        eval_faces=eval_faces, log_every=int(config.logging.every_steps),
-        progress=(lambda step, total, row: bar.update(step, {"loss": f"{row['loss']:.4f}"})) if bar else None)
-    if bar is not None:
-        bar.finish()
-    if is_main:
-        files.write_text(os.path.join(workdir, vision_warmup.RESULT_FILE), json.dumps(result, indent=2))
-    return result
-
-
 @dataclasses.dataclass
 class Fitted:
     """What `fit` returns: the loop's outcome, the final evaluation, the loss curve's path."""
@@ -316,7 +280,7 @@ def run_sft(config: Any, workdir: str) -> dict:
     model, tokenizer, model_meta = build_model(config, mesh)
     encoding = EncodingConfig.from_config(config)
 
-    stage1_split, train_split = load_stage1_splits(config, workdir, encoding.target)
+    _, train_split = load_stage1_splits(config, workdir, encoding.target)
     test_split = load_test_split(config, workdir)
     total_steps = total_steps_for(config, len(train_split))
     num_micro = micro_batch_count(config)
@@ -325,11 +289,6 @@ def run_sft(config: Any, workdir: str) -> dict:
 
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
                                                async_save=bool(config.checkpoint.async_save))
-    latest = checkpointer.latest_step()
-    # The vision warm-up sees all stage 1 faces, then the stage 2 ones, whatever the SFT target: the same
-    # faces in the same order give the same tower.
-    warmup_result = maybe_warm_up_vision(config, model, stage1_split, test_split, workdir=workdir, mesh=mesh,
-                                         resuming=latest is not None, is_main=is_main)
 
     dataset = pipeline.sft_dataset(
         train_split.source, tokenizer, encoding, model.config, seed=int(config.seed),
@@ -371,7 +330,6 @@ def run_sft(config: Any, workdir: str) -> dict:
         "final_train": outcome.last_metrics,
         "eval": final_eval,
         "generation_available": test_split is not None,
-        "vision_warmup": warmup_result,
         "loss_curve": curve,
         "checkpoint": fitted.checkpoint_path,
         "wall_seconds": round(time.time() - start_time, 1),

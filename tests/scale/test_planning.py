@@ -114,6 +114,7 @@ def test_jaxpr_count_multiplies_scans_and_takes_the_costlier_branch():
 def _tiny_sft_config():
     c = sft_config.get_config("demo")
     c.model.preset = "tiny"
+    c.model.checkpoint = ""  # a fresh, smaller model
     c.model.preset_overrides = json.dumps({"text_config": {"num_hidden_layers": 1}, "vision_config": {"depth": 2}})
     c.data.max_prompt_tokens, c.data.max_target_tokens = 48, 16
     c.data.min_pixels = c.data.max_pixels = 56 * 56
@@ -192,6 +193,7 @@ def test_completion_window_steps_add_up_to_every_decode_step():
 def _tiny_grpo_config(max_new_tokens):
     c = grpo_config.get_config("demo")
     c.model.preset = "tiny"
+    c.model.checkpoint = ""  # a fresh, smaller model
     c.model.preset_overrides = json.dumps({"text_config": {"num_hidden_layers": 1}, "vision_config": {"depth": 2}})
     c.data.max_prompt_tokens = 32
     c.data.min_pixels = c.data.max_pixels = 56 * 56

@@ -31,14 +31,13 @@ def _small_config(cache: str, num_steps: int):
         section.data.builtin_num_sft = 8
         section.data.builtin_num_rl = 12
         section.data.builtin_num_test = 4
+        section.model.checkpoint = ""  # a fresh, smaller model
         section.model.preset_overrides = OVERRIDES
         section.logging.progress_bar = False
         section.logging.tensorboard = False
         section.logging.every_steps = 1
         section.checkpoint.async_save = False
     config.warm_start.sft.num_steps = 2
-    config.warm_start.sft.vision_warmup_steps = 2
-    config.warm_start.sft.vision_warmup_batch_size = 4
     config.warm_start.sft.batch_size = 4
     config.warm_start.sft.eval_num_examples = 2
     config.warm_start.sft.final_eval_num_examples = 2

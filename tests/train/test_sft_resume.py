@@ -41,10 +41,9 @@ def _flags(workdir, cache):
         "--config.data.builtin_num_sft=20",
         "--config.data.builtin_num_rl=4",
         "--config.data.builtin_num_test=4",
+        "--config.model.checkpoint=",
         f"--config.model.preset_overrides={OVERRIDES}",
         f"--config.sft.num_steps={TOTAL_STEPS}",
-        "--config.sft.vision_warmup_steps=2",  # the warm-up runs once, before step 0, and is skipped on resume
-        "--config.sft.vision_warmup_batch_size=4",
         "--config.sft.batch_size=4",
         "--config.sft.micro_batch_size=2",
         "--config.sft.eval_num_examples=2",

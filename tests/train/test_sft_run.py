@@ -25,11 +25,10 @@ def small_config(tmp_path, **sft_changes):
     config = configs.sft.get_config()
     config.data.builtin_dir = str(tmp_path / "demo")
     config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = 12, 2, 3
+    config.model.checkpoint = ""  # a fresh, smaller model
     config.model.preset_overrides = json.dumps(SMALL)
     config.mesh.data = 1
     config.sft.num_steps = 3
-    config.sft.vision_warmup_steps = 2  # exercised, not the demo's 200 steps
-    config.sft.vision_warmup_batch_size = 4
     config.sft.batch_size = 4
     config.sft.micro_batch_size = 2
     config.sft.eval_num_examples = 3

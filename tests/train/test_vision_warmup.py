@@ -18,7 +18,7 @@ from facialr1_jax.data import datasets
 from facialr1_jax.data import images as image_lib
 from facialr1_jax.fea.records import FEARecord
 from facialr1_jax.models.qwen2_5_vl.vision import vision_plan
-from facialr1_jax.train import sft
+from facialr1_jax.train import pretrain
 from facialr1_jax.train import vision_warmup as vw
 
 IMAGE_CONFIG = image_lib.ImageConfig(min_pixels=56 * 56, max_pixels=112 * 112)
@@ -164,10 +164,12 @@ def test_bad_settings_are_rejected(train_faces):
 
 
 @pytest.mark.parametrize("case", ["off", "resuming", "checkpoint", "fresh"])
-def test_run_sft_warms_up_fresh_models_only(case, demo_config, tmp_path, splits, monkeypatch):
-    config = demo_config.copy_and_resolve_references()
-    config.sft.vision_warmup_steps = 0 if case == "off" else 2
-    config.sft.vision_warmup_batch_size = 4
+def test_pretraining_warms_up_fresh_models_only(case, tmp_path, splits, monkeypatch):
+    import configs.pretrain
+
+    config = configs.pretrain.get_config()
+    config.pretrain.vision_warmup_steps = 0 if case == "off" else 2
+    config.pretrain.vision_warmup_batch_size = 4
     config.logging.progress_bar = False
     if case == "checkpoint":
         config.model.checkpoint = "/some/pretrained/model"
@@ -177,8 +179,8 @@ def test_run_sft_warms_up_fresh_models_only(case, demo_config, tmp_path, splits,
     workdir = tmp_path
     model = _tiny_model()
     before = _params(model.visual)
-    result = sft.maybe_warm_up_vision(config, model, splits["sft"], splits["test"], workdir=str(workdir),
-                                      mesh=None, resuming=case == "resuming", is_main=True)
+    result = pretrain.maybe_warm_up_vision(config, model, splits["rl"], splits["test"], workdir=str(workdir),
+                                           mesh=None, resuming=case == "resuming", is_main=True)
     if case != "fresh":
         assert result is None and not calls
         assert not (workdir / vw.RESULT_FILE).exists()
@@ -186,7 +188,7 @@ def test_run_sft_warms_up_fresh_models_only(case, demo_config, tmp_path, splits,
             np.testing.assert_array_equal(value, before[name])
         return
     assert len(calls) == 1 and result["steps"] == 2
-    assert result["train_faces"] == 32  # stage 1 + stage 2 records, never the test split
+    assert result["train_faces"] == 24  # the training split's faces, never the held-out ones
     written = json.loads((workdir / vw.RESULT_FILE).read_text())
     assert written["eval"]["faces"] == 8 and written["steps"] == 2
 
