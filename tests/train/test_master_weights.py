@@ -17,6 +17,8 @@ from facialr1_jax import config_validation, models
 from facialr1_jax.parallel import make_mesh, planning
 from facialr1_jax.train import optim, sft as sft_lib, state as state_lib, step as step_lib
 
+# The tiny preset with one decoder layer and two vision blocks: every kind of parameter, a short compile.
+TINY = dict(text_config={"num_hidden_layers": 1}, vision_config={"depth": 2})
 PAPER_VARIANTS = [(name, variant) for name in ("sft", "grpo") for variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b")]
 
 
@@ -33,7 +35,7 @@ def one_step(dtype: str, param_dtype: str):
     optimiser (lr 1e-6, constant) on the tiny preset built with the given dtypes, from the same init."""
     config = grpo_config.get_config("qwen2_5_vl_7b")
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-    model_config = models.get_preset("tiny")
+    model_config = models.get_preset("tiny", **TINY)
     model = models.Qwen2_5_VL(model_config, dtype=sft_lib.DTYPES[dtype], param_dtype=sft_lib.DTYPES[param_dtype],
                               rngs=nnx.Rngs(0))
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=10)
@@ -69,7 +71,7 @@ def test_paper_variants_compute_in_bfloat16_over_float32_parameters(name, varian
 
 def test_the_bfloat16_compute_path_multiplies_in_bfloat16():
     """Float32 storage must not drag the matmuls to float32: every one takes bfloat16 operands."""
-    model_config = models.get_preset("tiny")
+    model_config = models.get_preset("tiny", **TINY)
     model = models.Qwen2_5_VL(model_config, dtype=sft_lib.DTYPES["bfloat16"], param_dtype=sft_lib.DTYPES["float32"],
                               rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
