@@ -42,6 +42,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.grpo.advantage_eps = 1e-4  # Added to the group std.
     c.grpo.ratio_level = "token"  # token (GRPO) | sequence (GSPO: geometric-mean ratio per completion).
     c.grpo.au_think_only = False  # Apply the AU reward's advantage only to tokens inside <think> (reference variant).
+    # standard (one clipped loss over all completion tokens, as configured above) | facial_r1_code (the
+    # authors' trainer: one clipped loss per reward function, the AU one over the tokens inside
+    # <think>...</think>, averaged, each completion times its record's `weights`; needs token ratios,
+    # seq_mean_token_mean and au_think_only = False; docs/METHOD.md 7.6).
+    c.grpo.loss_variant = "standard"
     c.grpo.eval_every_steps = 0  # Greedy evaluation on the held-out split every N steps; 0 = only before and after.
     c.grpo.eval_num_examples = 0  # Held-out examples in the before/after table (0 = the whole test split).
     c.grpo.eval_batch_size = 32  # Prompts per greedy generation batch in the evaluations.

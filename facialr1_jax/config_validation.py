@@ -37,6 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "grpo.advantage": ("group", "mean_only", "batch"),
     "grpo.ratio_level": ("token", "sequence"),
+    "grpo.loss_variant": ("standard", "facial_r1_code"),
     "rewards.accuracy_mode": ("normalized", "exact"),
     "rewards.au_mode": ("2f1-1", "f1"),
     "synth.check_aus": ("exact", "f1", "off"),
@@ -163,6 +164,30 @@ def _check_bfloat16_params(config: ml_collections.ConfigDict, prefix: str) -> No
             f"bfloat16 compute), or opt in with config.{prefix}optimizer.allow_bfloat16_params = True")
 
 
+def _check_loss_variant(config: ml_collections.ConfigDict, prefix: str) -> None:
+    """grpo.loss_variant = "facial_r1_code" is the authors' objective as it stands: token ratios, each
+    reward function's loss a mean over its completions' tokens, the AU advantage not split; the knobs
+    that would make it something else are errors naming them."""
+    present, variant = _lookup(config, "grpo.loss_variant")
+    if not present or variant != "facial_r1_code":
+        return
+    g = config.grpo
+    conflicts = []
+    if g.get("ratio_level", "token") != "token":
+        conflicts.append(f"config.{prefix}grpo.ratio_level = {g.ratio_level!r} (needs 'token')")
+    if g.get("aggregation", "seq_mean_token_mean") != "seq_mean_token_mean":
+        conflicts.append(f"config.{prefix}grpo.aggregation = {g.aggregation!r} (needs 'seq_mean_token_mean')")
+    if g.get("au_think_only", False):
+        conflicts.append(f"config.{prefix}grpo.au_think_only = True (needs False: the variant applies the AU "
+                         "term to think tokens itself)")
+    if "rewards" in config and not any(float(v) != 0.0 for k, v in config.rewards.items() if k.endswith("_weight")):
+        conflicts.append(f"every config.{prefix}rewards.*_weight = 0 (the loss averages over the reward functions "
+                         "with a non-zero weight)")
+    if conflicts:
+        raise ConfigError(f"config.{prefix}grpo.loss_variant = 'facial_r1_code' (the authors' objective) conflicts "
+                          f"with {'; '.join(conflicts)}; change those keys or use grpo.loss_variant = 'standard'")
+
+
 def _lookup(config: ml_collections.ConfigDict, dotted: str) -> tuple[bool, Any]:
     node: Any = config
     for part in dotted.split("."):
@@ -211,6 +236,7 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
             raise ConfigError(
                 f"config.{prefix}model.preset_overrides shapes a fresh model, but config.{prefix}model.checkpoint = "
                 f"{config.model.checkpoint!r} loads one; set config.{prefix}model.checkpoint = '' to train from scratch")
+    _check_loss_variant(config, prefix)
     present, micro = _lookup(config, "sft.micro_batch_size")
     if present and micro and config.sft.batch_size % micro:
         raise ConfigError(

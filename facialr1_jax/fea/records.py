@@ -10,6 +10,8 @@ One JSON object per line:
   description (str)                             optional, default "" (stage 3 inputs have none)
   meta_info (object, or null)                   optional, default {}; kept, never interpreted
   is_valid (bool)                               optional, default true; false rows are skipped
+  weights (number >= 0, or null)                optional, default 1; the sample weight of the
+                                                authors' GRPO loss (grpo.loss_variant = "facial_r1_code")
 Other keys are ignored. Bad rows are never dropped silently: each gives a `RecordProblem` naming
 file, line and field, and either stops the read (`on_error="raise"`) or is counted and written to
 a JSON report (`on_error="skip"`).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -34,7 +37,7 @@ from facialr1_jax.fea.emotions import (
 )
 
 REQUIRED_FIELDS = ("id", "dataset", "image", "AUs", "labels")
-OPTIONAL_FIELDS = ("question", "description", "meta_info", "is_valid")
+OPTIONAL_FIELDS = ("question", "description", "meta_info", "is_valid", "weights")
 ON_ERROR_MODES = ("raise", "skip")
 
 
@@ -89,6 +92,7 @@ class FEARecord:
     description: str = ""
     meta_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     is_valid: bool = True
+    weights: float = 1.0
 
     @property
     def label(self) -> str | None:
@@ -101,8 +105,9 @@ class FEARecord:
         return self.images[0]
 
     def to_json(self) -> dict[str, Any]:
-        """The record in the FEA JSONL schema (`image` is a string when there is one image)."""
-        return {
+        """The record in the FEA JSONL schema (`image` is a string when there is one image; `weights`
+        only when it is not the default 1)."""
+        row = {
             "id": self.id,
             "dataset": self.dataset,
             "image": self.images[0] if len(self.images) == 1 else list(self.images),
@@ -113,6 +118,9 @@ class FEARecord:
             "meta_info": self.meta_info,
             "is_valid": self.is_valid,
         }
+        if self.weights != 1.0:
+            row["weights"] = self.weights
+        return row
 
     def replace(self, **changes: Any) -> FEARecord:
         """A copy with some fields changed (e.g. `description` after stage 3 acceptance)."""
@@ -203,6 +211,18 @@ def _parse_labels(check: _RowChecker, value: object, strict: bool) -> tuple[str,
     return tuple(labels)
 
 
+def _parse_weights(check: _RowChecker, value: object) -> float:
+    """The `weights` field: a finite number >= 0 (null = the default 1)."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise check.fail("weights", f"expected a number >= 0, got {_type_name(value)} {value!r}")
+    weight = float(value)
+    if not math.isfinite(weight) or weight < 0:
+        raise check.fail("weights", f"expected a finite number >= 0, got {value!r}")
+    return weight
+
+
 def parse_record(
     obj: object, *, file: str = "<memory>", line: int = 0, strict_labels: bool = True
 ) -> FEARecord:
@@ -239,6 +259,7 @@ def parse_record(
         raise check.fail(
             "is_valid", f"expected true or false, got {_type_name(is_valid)} {is_valid!r}"
         )
+    weights = _parse_weights(check, obj.get("weights"))
 
     return FEARecord(
         id=record_id,
@@ -250,6 +271,7 @@ def parse_record(
         description=description,
         meta_info=meta_info,
         is_valid=is_valid,
+        weights=weights,
     )
 
 

@@ -385,9 +385,10 @@ def synthetic_sft_batch(config: models.Qwen2_5_VLConfig, shape: ExampleShape, *,
 def synthetic_grpo_batch(config: models.Qwen2_5_VLConfig, shape: ExampleShape, *, num_prompts: int,
                          num_generations: int, completion_tokens: int, num_micro_batches: int,
                          with_old_log_probs: bool, with_ref_log_probs: bool, pad_id: int = 0, seed: int = 0,
-                         share_prompts: bool = True) -> tuple[dict, dict]:
+                         share_prompts: bool = True, reference_loss_inputs: bool = False) -> tuple[dict, dict]:
     """(collated prompts, GRPO training batch) for `num_prompts` x `num_generations` random completions,
-    built by `collate_prompts` and `train.grpo_batch.training_batch` (the rollout's path to the step)."""
+    built by `collate_prompts` and `train.grpo_batch.training_batch` (the rollout's path to the step).
+    reference_loss_inputs: add the think mask and sample weights of `grpo.loss_variant = "facial_r1_code"`."""
     from facialr1_jax.train.grpo_batch import training_batch
 
     rng = np.random.default_rng(seed + 1)
@@ -404,7 +405,9 @@ def synthetic_grpo_batch(config: models.Qwen2_5_VLConfig, shape: ExampleShape, *
                            num_micro_batches=num_micro_batches, model_config=config, pad_id=pad_id,
                            old_log_probs=log_probs() if with_old_log_probs else None,
                            ref_log_probs=log_probs() if with_ref_log_probs else None,
-                           share_prompts=share_prompts)
+                           share_prompts=share_prompts,
+                           think_mask=mask * (np.arange(completion_tokens)[None, :] % 2) if reference_loss_inputs else None,
+                           sample_weights=np.ones(rows, np.float32) if reference_loss_inputs else None)
     return collated, batch
 
 
@@ -678,7 +681,8 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     collated, built = synthetic_grpo_batch(model_config, shape, num_prompts=built_prompts,
                                            num_generations=num_generations, completion_tokens=completion,
                                            num_micro_batches=built_micro, with_old_log_probs=False,
-                                           with_ref_log_probs=False, share_prompts=bool(g.share_prompts))
+                                           with_ref_log_probs=False, share_prompts=bool(g.share_prompts),
+                                           reference_loss_inputs=g.get("loss_variant", "standard") == "facial_r1_code")
     policy_batch = widen_micro_axis(jax.tree.map(lambda x: x[:1], built), num_micro)
     log_prob_shape = jax.ShapeDtypeStruct(policy_batch["completion_mask"].shape, jnp.float32)
     update_batch = dict(policy_batch)

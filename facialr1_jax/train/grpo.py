@@ -9,6 +9,9 @@ token). Variants are arguments, not subclasses:
   clipping     eps_low / eps_high (equal in GRPO; DAPO raises eps_high)
   KL           k3 (exp(ref - logp) - (ref - logp) - 1, the reference) or k1 (logp - ref)
   aggregation  seq_mean_token_mean (reference), token_mean (DAPO), seq_mean_token_sum_norm (Dr.GRPO)
+  loss variant standard (one loss over all completion tokens) or facial_r1_code (the authors' trainer:
+               one clipped loss per reward function with its own token mask, averaged, times a
+               per-record weight; `reward_function_loss_terms`)
 
 Losses return (sum, denominator) rather than a mean, so that gradient accumulation over
 micro-batches and multi-host reduction divide once by the global count.
@@ -25,6 +28,7 @@ ADVANTAGE_SCALES = ("group", "mean_only", "batch")
 KL_ESTIMATORS = ("k1", "k3")
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 RATIO_LEVELS = ("token", "sequence")
+LOSS_VARIANTS = ("standard", "facial_r1_code")
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -167,3 +171,64 @@ def grpo_loss_terms(
     clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).astype(logp.dtype)
     clip_sum, _ = aggregate(clipped, mask, aggregation, max_length)
     return GRPOLossTerms(loss_sum, denominator, kl_sum, clip_sum)
+
+
+def reward_function_loss_terms(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    ref_logp: jax.Array | None,
+    advantages: jax.Array,
+    mask: jax.Array,
+    think_mask: jax.Array,
+    sample_weights: jax.Array,
+    *,
+    num_full_terms: int,
+    num_think_terms: int,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    beta: float = 0.04,
+    kl_estimator: str = "k3",
+) -> GRPOLossTerms:
+    """The authors' trainer's objective (docs/METHOD.md 7.6, `grpo.loss_variant = "facial_r1_code"`).
+
+    The per-token loss l = -min(rho A, clip(rho) A) + beta KL (token ratio, A the one summed advantage
+    of the completion) is reduced once per reward function k, each with its own token mask m_k: the
+    AU reward's mask is `mask * think_mask` (the tokens inside <think>...</think>), every other
+    function's is `mask`. Per completion i:
+
+        L_k,i = sum_t l_it m_k,it / max(sum_t m_k,it, 1)        (0 when the mask is empty)
+        L_i   = (1 / K) sum_k L_k,i                              (K = num_full_terms + num_think_terms)
+        loss  = sum_i w_i L_i / N                                (w_i = the record's `weights` field)
+
+    returned as (sum_i w_i L_i, N). The reference sums w_i L_i over each device's batch of one
+    completion and averages over devices and accumulation steps, which is this mean over the N
+    completions of the step. KL and clip fraction are reported per completion over all its tokens
+    (unweighted), like the standard variant's `seq_mean_token_mean`.
+    """
+    if num_full_terms < 0 or num_think_terms < 0 or num_full_terms + num_think_terms < 1:
+        raise ValueError(f"need at least one reward function, got {num_full_terms} over all tokens and "
+                         f"{num_think_terms} over think tokens")
+    per_token = clipped_objective(logp, old_logp, advantages, eps_low, eps_high)
+    if beta > 0.0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs reference log-probs (ref_logp)")
+        kl = kl_penalty(logp, ref_logp, kl_estimator)
+    else:
+        kl = jnp.zeros_like(logp)
+    loss = per_token + beta * kl
+    mask = mask.astype(loss.dtype)
+    think = mask * think_mask.astype(loss.dtype)
+
+    def per_sequence_mean(values, token_mask):
+        return (values * token_mask).sum(axis=-1) / jnp.maximum(token_mask.sum(axis=-1), 1.0)
+
+    per_sample = num_full_terms * per_sequence_mean(loss, mask)
+    if num_think_terms:
+        per_sample = per_sample + num_think_terms * per_sequence_mean(loss, think)
+    per_sample = per_sample / (num_full_terms + num_think_terms)
+    num_sequences = jnp.asarray(loss.shape[0], loss.dtype)
+    loss_sum = (sample_weights.astype(loss.dtype) * per_sample).sum()
+    ratio = jnp.exp(logp - old_logp)
+    clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).astype(loss.dtype)
+    return GRPOLossTerms(loss_sum, num_sequences, per_sequence_mean(kl, mask).sum(),
+                         per_sequence_mean(clipped, mask).sum())

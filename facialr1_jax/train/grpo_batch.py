@@ -103,6 +103,32 @@ def think_token_mask(byte_table: Any, tokens: np.ndarray, mask: np.ndarray) -> n
     return out
 
 
+def reference_think_token_mask(byte_table: Any, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[R, T] float mask of the AU term's tokens in `grpo.loss_variant = "facial_r1_code"` (the authors'
+    trainer, docs/METHOD.md 7.6): the tokens strictly between a `<think>` and a `</think>` tag.
+
+    As the reference does with token ids, every `<think>` and every `</think>` is found (left to right,
+    case-sensitive, not overlapping), the i-th opening is paired with the i-th closing, and a pair marks
+    the content between them when the closing comes after the opening; tags themselves are not marked.
+    The search runs on the kept tokens' bytes (special tokens contribute none), so a tag counts however
+    it was split into tokens; a token is marked when all of its bytes lie inside a content span.
+    """
+    out = np.zeros(tokens.shape, np.float32)
+    for row in range(tokens.shape[0]):
+        pieces = [byte_table.bytes_of(int(t)) if m else b"" for t, m in zip(tokens[row], mask[row])]
+        lengths = np.array([len(p) for p in pieces])
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        text = b"".join(pieces)
+        openings = [m.end() for m in re.finditer(re.escape(b"<think>"), text)]
+        closings = [m.start() for m in re.finditer(re.escape(b"</think>"), text)]
+        for content_start, content_end in zip(openings, closings):
+            if content_end > content_start:
+                inside = (starts >= content_start) & (ends <= content_end) & (lengths > 0)
+                out[row] = np.maximum(out[row], inside.astype(np.float32))
+    return out
+
+
 def training_batch(
     prompts: dict,
     prompt_pixel_values: Sequence[np.ndarray],
@@ -118,6 +144,8 @@ def training_batch(
     old_log_probs: np.ndarray | None = None,
     ref_log_probs: np.ndarray | None = None,
     share_prompts: bool = True,
+    think_mask: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
 ) -> dict:
     """The micro-batched GRPO batch for R = P * G rows (see the module docstring).
 
@@ -129,6 +157,8 @@ def training_batch(
     share_prompts: when every micro-batch holds whole groups (its rows a multiple of G), build the
         shared-prompt layout (`shared_prompt_batch`: each prompt once, the model computes it once for
         its G completions); otherwise, or with False, one full sequence per row.
+    think_mask / sample_weights: [R, T] and [R], the inputs of `grpo.loss_variant = "facial_r1_code"`
+        (`reference_think_token_mask`, each row's record `weights`); carried per row like advantages.
     """
     num_rows, completion_length = tokens.shape
     num_prompts = prompts["input_ids"].shape[0]
@@ -149,6 +179,13 @@ def training_batch(
         grpo_inputs["old_log_probs"] = np.asarray(old_log_probs, np.float32)
     if ref_log_probs is not None:
         grpo_inputs["ref_log_probs"] = np.asarray(ref_log_probs, np.float32)
+    if think_mask is not None:
+        grpo_inputs["think_mask"] = np.asarray(think_mask, np.float32)
+    if sample_weights is not None:
+        sample_weights = np.asarray(sample_weights, np.float32)
+        if sample_weights.shape != (num_rows,):
+            raise ValueError(f"sample_weights has shape {sample_weights.shape}, expected ({num_rows},)")
+        grpo_inputs["sample_weights"] = sample_weights
     if share_prompts and per_micro % num_generations == 0:
         return shared_prompt_batch(prompts, prompt_pixel_values, prompt_grids, completion_ids, completion_positions,
                                    grpo_inputs, num_micro_batches=num_micro_batches, model_config=model_config)

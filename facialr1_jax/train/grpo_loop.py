@@ -36,12 +36,13 @@ from facialr1_jax.fea.emotions import EMOTIONS
 from facialr1_jax import config_validation
 from facialr1_jax.parallel import TRAINING_RULES, files, to_host
 from facialr1_jax.rewards import encode_ground_truth, make_reward_fn
+from facialr1_jax.rewards import terms as terms_lib
 from facialr1_jax.sampling import Engine
 from facialr1_jax.train import checkpoint as checkpoint_lib
 from facialr1_jax.train import evaluation, forward, grpo, loop, optim, sft
 from facialr1_jax.train import state as state_lib
 from facialr1_jax.train import step as step_lib
-from facialr1_jax.train.grpo_batch import PromptCycler, think_token_mask, training_batch
+from facialr1_jax.train.grpo_batch import PromptCycler, reference_think_token_mask, think_token_mask, training_batch
 from facialr1_jax.train.metrics import MetricsLogger, StepJsonl
 
 _log = logging.getLogger(__name__)
@@ -82,15 +83,34 @@ def _with_checkpoint(config: Any, checkpoint: str) -> Any:
     return loaded
 
 
+def reward_functions(config: Any) -> tuple[int, int]:
+    """(reward functions over all completion tokens, reward functions over think tokens) of
+    `grpo.loss_variant = "facial_r1_code"`: every reward term with a non-zero weight is one function
+    (the reference's three: accuracy, format, AU); the AU term is the one on think tokens."""
+    settings = terms_lib.settings_from_config(config.rewards)
+    active = [name for name, weight in settings.weights.items() if weight != 0.0]
+    think = int("au" in active)
+    return len(active) - think, think
+
+
 def _loss_settings(config: Any) -> dict:
     g = config.grpo
-    return dict(eps_low=float(g.eps_low), eps_high=float(g.eps_high), beta=float(g.beta),
-                kl_estimator=g.kl_estimator, aggregation=g.aggregation, ratio_level=g.ratio_level,
+    common = dict(eps_low=float(g.eps_low), eps_high=float(g.eps_high), beta=float(g.beta),
+                  kl_estimator=g.kl_estimator)
+    if g.get("loss_variant", "standard") == "facial_r1_code":
+        num_full, num_think = reward_functions(config)
+        return dict(common, variant="facial_r1_code", num_full_terms=num_full, num_think_terms=num_think)
+    return dict(common, variant="standard", aggregation=g.aggregation, ratio_level=g.ratio_level,
                 max_length=int(g.max_new_tokens))
 
 
 def make_grpo_loss(settings: dict, *, use_stored_old_log_probs: bool):
-    """The loss_fn of `step.TrainStep` for GRPO micro-batches (see `grpo_batch.training_batch`)."""
+    """The loss_fn of `step.TrainStep` for GRPO micro-batches (see `grpo_batch.training_batch`).
+
+    settings: `_loss_settings` (its "variant" picks `grpo.grpo_loss_terms` or, for "facial_r1_code",
+    `grpo.reward_function_loss_terms`, which reads the batch's `think_mask` and `sample_weights`)."""
+    settings = dict(settings)
+    variant = settings.pop("variant", "standard")
 
     def grpo_loss(model, micro_batch: dict, rng: jax.Array):
         del rng
@@ -98,8 +118,13 @@ def make_grpo_loss(settings: dict, *, use_stored_old_log_probs: bool):
         log_probs = forward.completion_log_probs(model, micro_batch, completion_mask.shape[1])
         # mu = 1: the policy that sampled is the one being updated, so the ratio is 1 in value.
         old = micro_batch["old_log_probs"] if use_stored_old_log_probs else jax.lax.stop_gradient(log_probs)
-        terms = grpo.grpo_loss_terms(log_probs, old, micro_batch.get("ref_log_probs"), micro_batch["advantages"],
-                                     completion_mask, **settings)
+        if variant == "facial_r1_code":
+            terms = grpo.reward_function_loss_terms(
+                log_probs, old, micro_batch.get("ref_log_probs"), micro_batch["advantages"], completion_mask,
+                micro_batch["think_mask"], micro_batch["sample_weights"], **settings)
+        else:
+            terms = grpo.grpo_loss_terms(log_probs, old, micro_batch.get("ref_log_probs"),
+                                         micro_batch["advantages"], completion_mask, **settings)
         tokens = completion_mask.sum()
         extras = {
             "kl_sum": terms.kl_sum,
@@ -305,10 +330,16 @@ def run_grpo(config: Any, workdir: str) -> dict:
             advantages = rest[:, None] + au_adv[:, None] * think
         else:
             advantages = np.asarray(grpo.group_advantages(total, num_generations, scale, eps))
+        reference_loss = {}
+        if loss_settings["variant"] == "facial_r1_code":
+            # The authors' objective: the AU term's tokens and each completion's record weight.
+            reference_loss = dict(
+                think_mask=reference_think_token_mask(reward_fn.byte_table, tokens, mask),
+                sample_weights=np.repeat(np.array([r.weights for r in records], np.float32), num_generations))
         batch = training_batch(collated, [p.pixel_values for p in prompts], [p.image_grid_thw for p in prompts],
                                tokens, mask, advantages, num_generations=num_generations,
                                num_micro_batches=num_micro, model_config=model_config, pad_id=pad_id,
-                               share_prompts=bool(g.share_prompts))
+                               share_prompts=bool(g.share_prompts), **reference_loss)
         batch_shardings = step_lib.batch_shardings(batch, mesh)
         device_batch = step_lib.put_batch(batch, batch_shardings)
         if mu > 1:

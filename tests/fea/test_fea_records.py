@@ -74,6 +74,27 @@ def test_optional_fields_default_and_nulls_mean_empty():
     assert parse_record(row(meta_info=None)).meta_info == {}
 
 
+def test_weights_default_to_one_and_round_trip():
+    assert parse_record(row()).weights == 1.0
+    assert parse_record(row(weights=None)).weights == 1.0
+    assert parse_record(row(weights=0)).weights == 0.0
+    weighted = parse_record(row(weights=0.375))
+    assert weighted.weights == 0.375
+    # Written back only when it is not the default, so existing files (and their hashes) stay as they were.
+    assert "weights" not in parse_record(row()).to_json()
+    assert weighted.to_json()["weights"] == 0.375
+    assert parse_record(weighted.to_json()) == weighted
+
+
+def test_bad_weights_in_a_file_name_file_line_and_field(tmp_path):
+    path = write_lines(tmp_path / "rl.jsonl", [json.dumps(row(id="a")), json.dumps(row(id="b", weights="high"))])
+    with pytest.raises(RecordError) as caught:
+        read_jsonl(path)
+    assert str(caught.value).startswith(f"{path}:2: field 'weights': expected a number >= 0, got str")
+    kept = read_jsonl(path, on_error="skip")
+    assert [r.id for r in kept.records] == ["a"] and kept.problems[0].field == "weights"
+
+
 def test_source_au_codes_and_label_spellings_are_canonicalised():
     record = parse_record(row(AUs=["12C", "L6", "AU06", "AU12"], labels=["SURPRISED.", "fear"]))
     assert record.aus == ("AU6", "AU12")
@@ -134,6 +155,12 @@ def test_records_are_frozen_and_replace_makes_a_copy():
         (row(meta_info=[]), "meta_info", "expected an object, got list"),
         (row(is_valid="false"), "is_valid", "expected true or false, got str"),
         (row(is_valid=0), "is_valid", "expected true or false, got int"),
+        (row(weights="0.5"), "weights", "expected a number >= 0, got str"),
+        (row(weights=True), "weights", "expected a number >= 0, got bool"),
+        (row(weights=[1.0]), "weights", "expected a number >= 0, got list"),
+        (row(weights=-0.25), "weights", "expected a finite number >= 0, got -0.25"),
+        (row(weights=float("nan")), "weights", "expected a finite number >= 0, got nan"),
+        (row(weights=float("inf")), "weights", "expected a finite number >= 0, got inf"),
     ],
 )
 def test_parse_errors_name_field_and_reason(obj, field, fragment):
