@@ -145,3 +145,10 @@ def test_data_parallel_only_mesh_warns_instead(caplog):
     with caplog.at_level("WARNING"):
         config_validation.check_batch_split(config, {"data": 8, "fsdp": 1, "tensor": 1})
     assert "sft.micro_batch_size" in caplog.text
+
+
+def test_paper_evaluation_compares_answers_exactly_and_the_demo_normalises():
+    from configs import eval as eval_config
+
+    assert eval_config.get_config("paper").eval.normalize_emotions is False
+    assert eval_config.get_config("demo").eval.normalize_emotions is True

@@ -18,6 +18,15 @@ Which records each metric counts:
     without a profile, the record lists AUs. Emotion-only rows inside a mixed file (FER2013 rows
     of FEA-20K, whose AU list is empty because nobody annotated it) are therefore left out.
   * ROUGE-L and REGE: records with a non-blank reference `description`.
+
+Two readings are reported beside the configured one, so a number can sit beside the paper's:
+  * emotion accuracy both exact (the reference evaluation: first answer token == labels[0] as
+    written) and normalised (`emotion_accuracy_exact`, `emotion_accuracy_normalized`);
+    `emotion_accuracy` is the one `normalize` selects.
+  * AU F1 over the profile's fixed list (`au_f1_macro` / `au_f1_micro`, the AU literature's
+    protocol) and with the reference evaluation's scoring (`au_f1_macro_reference` /
+    `au_f1_micro_reference`): every record of the file, binarised over the union of the
+    ground-truth AUs in the file, the macro mean skipping AUs with no positive example.
 """
 
 from __future__ import annotations
@@ -79,7 +88,8 @@ class ExampleScore:
 
     predicted_emotion: the first answer token as written (docs/METHOD.md 9.1), "" when nothing is left.
     predicted_class: the benchmark class it names, or OTHER_COLUMN.
-    emotion_correct: None when the record has no label.
+    emotion_correct: None when the record has no label; the comparison `normalize` selects, and
+        emotion_correct_exact / emotion_correct_normalized both readings.
     predicted_aus: the AUs named in the first think block (whole output if none), sorted.
     rouge_l: F x 100 against the reference description; None without one.
     """
@@ -89,6 +99,8 @@ class ExampleScore:
     predicted_emotion: str
     predicted_class: str
     emotion_correct: bool | None
+    emotion_correct_exact: bool | None
+    emotion_correct_normalized: bool | None
     true_aus: tuple[str, ...]
     predicted_aus: tuple[str, ...]
     au_scored: bool
@@ -151,6 +163,10 @@ def score_example(
         emotion_correct=None
         if label_is_empty(label)
         else eval_emotion_correct(text, label, normalize=normalize),
+        emotion_correct_exact=None if label_is_empty(label) else eval_emotion_correct(text, label, normalize=False),
+        emotion_correct_normalized=None
+        if label_is_empty(label)
+        else eval_emotion_correct(text, label, normalize=True),
         true_aus=sort_aus(ground_truth_aus(record.aus)) if record.aus else (),
         predicted_aus=tuple(sorted(eval_aus(text), key=_mention_sort_key)),
         au_scored=au_scored,
@@ -171,16 +187,20 @@ def _mention_sort_key(au: str) -> tuple[int, str]:
 # ------------------------------------------------------------------------------- one benchmark
 @dataclasses.dataclass(frozen=True)
 class AUScores:
-    """AU F1 (in %) over one AU list: macro (mean of per-AU F1), micro (pooled) and per AU."""
+    """AU F1 (in %) over one AU list: macro (mean of per-AU F1), micro (pooled) and per AU.
+
+    macro_over: the AUs the macro mean averages (the whole list, or with the reference's scoring
+    the AUs with a positive example)."""
 
     au_list: tuple[str, ...]
     macro: float
     micro: float
     per_au: dict[str, float]
     support: dict[str, int]
+    macro_over: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"au_list": list(self.au_list)}
+        return dataclasses.asdict(self) | {"au_list": list(self.au_list), "macro_over": list(self.macro_over)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +212,10 @@ class BenchmarkMetrics:
     num_examples: int
     # emotion
     num_labelled: int
+    emotion_comparison: str  # "normalized" | "exact": the reading emotion_accuracy uses
     emotion_accuracy: float | None
+    emotion_accuracy_exact: float | None
+    emotion_accuracy_normalized: float | None
     emotion_mean_class_accuracy: float | None
     per_class_accuracy: dict[str, float | None]
     class_support: dict[str, int]
@@ -203,6 +226,7 @@ class BenchmarkMetrics:
     num_au_scored: int
     au_eval: AUScores | None
     au_all: AUScores | None
+    au_reference: AUScores | None  # the reference evaluation's scoring (module docstring)
     # form and text
     format_valid: float | None
     num_format_invalid: int
@@ -220,6 +244,14 @@ class BenchmarkMetrics:
     @property
     def au_f1_micro(self) -> float | None:
         return None if self.au_eval is None else self.au_eval.micro
+
+    @property
+    def au_f1_macro_reference(self) -> float | None:
+        return None if self.au_reference is None else self.au_reference.macro
+
+    @property
+    def au_f1_micro_reference(self) -> float | None:
+        return None if self.au_reference is None else self.au_reference.micro
 
     @property
     def rege_emotion(self) -> float | None:
@@ -244,6 +276,11 @@ class BenchmarkMetrics:
             "emotion_accuracy": self.emotion_accuracy,
             "au_f1_micro": self.au_f1_micro,
             "au_f1_macro": self.au_f1_macro,
+            "emotion_comparison": self.emotion_comparison,
+            "emotion_accuracy_exact": self.emotion_accuracy_exact,
+            "emotion_accuracy_normalized": self.emotion_accuracy_normalized,
+            "au_f1_macro_reference": self.au_f1_macro_reference,
+            "au_f1_micro_reference": self.au_f1_micro_reference,
             "format_valid": self.format_valid,
             "rouge_l": self.rouge_l,
             "rege_emotion": self.rege_emotion,
@@ -261,6 +298,7 @@ class BenchmarkMetrics:
             "num_au_scored": self.num_au_scored,
             "au_eval": None if self.au_eval is None else self.au_eval.to_json(),
             "au_all_ground_truth": None if self.au_all is None else self.au_all.to_json(),
+            "au_reference_scoring": None if self.au_reference is None else self.au_reference.to_json(),
             "num_format_invalid": self.num_format_invalid,
             "num_missing_think": self.num_missing_think,
             "num_missing_answer": self.num_missing_answer,
@@ -269,17 +307,31 @@ class BenchmarkMetrics:
         }
 
 
-def _au_scores(scores: Sequence[ExampleScore], au_list: Sequence[str]) -> AUScores | None:
+def _au_scores(scores: Sequence[ExampleScore], au_list: Sequence[str], *,
+               skip_without_positives: bool = False) -> AUScores | None:
+    """AU F1 over `au_list`; the macro mean over every AU of the list, or with
+    `skip_without_positives` over those with at least one positive in the ground truth."""
     if not au_list:
         return None
     report = au_f1([s.predicted_aus for s in scores], [s.true_aus for s in scores], au_list)
+    macro_over = tuple(au for au in report.per_au if not skip_without_positives or report.support[au] > 0)
+    macro = math.fsum(report.per_au[au] for au in macro_over) / len(macro_over) if macro_over else 0.0
     return AUScores(
         au_list=tuple(au_list),
-        macro=100.0 * report.macro,
+        macro=100.0 * macro,
         micro=100.0 * report.micro,
         per_au={au: 100.0 * f1 for au, f1 in report.per_au.items()},
         support=dict(report.support),
+        macro_over=macro_over,
     )
+
+
+def reference_au_scores(scores: Sequence[ExampleScore]) -> AUScores | None:
+    """AU F1 as the reference evaluation scores a test file: every record (an empty AU list is a
+    negative for every AU), binarised over the union of the ground-truth AUs in the file, macro over
+    the AUs with a positive example; None when no record has an AU."""
+    union = sort_aus({au for s in scores for au in s.true_aus})
+    return _au_scores(scores, union, skip_without_positives=True) if union else None
 
 
 def aggregate(
@@ -288,8 +340,10 @@ def aggregate(
     *,
     benchmark: str | None = None,
     classes: Sequence[str] | None = None,
+    normalize: bool = True,
 ) -> BenchmarkMetrics:
-    """Benchmark metrics from per-example scores (see `score_benchmark`)."""
+    """Benchmark metrics from per-example scores (see `score_benchmark`; `normalize` names the
+    reading the scores' `emotion_correct` used)."""
     if classes is None:
         classes = emotion_classes(profile, [s.label for s in scores])
     columns = (*classes, OTHER_COLUMN)
@@ -321,7 +375,11 @@ def aggregate(
         profile=profile.name,
         num_examples=len(scores),
         num_labelled=len(labelled),
+        emotion_comparison="normalized" if normalize else "exact",
         emotion_accuracy=_percent(sum(s.emotion_correct for s in labelled), len(labelled)),
+        emotion_accuracy_exact=_percent(sum(bool(s.emotion_correct_exact) for s in labelled), len(labelled)),
+        emotion_accuracy_normalized=_percent(sum(bool(s.emotion_correct_normalized) for s in labelled),
+                                             len(labelled)),
         emotion_mean_class_accuracy=math.fsum(class_rates) / len(class_rates)
         if class_rates
         else None,
@@ -333,6 +391,7 @@ def aggregate(
         num_au_scored=len(au_scored),
         au_eval=au_eval,
         au_all=au_all,
+        au_reference=reference_au_scores(scores),
         format_valid=_percent(sum(s.format_valid for s in scores), len(scores)),
         num_format_invalid=sum(not s.format_valid for s in scores),
         num_unparseable=sum(s.unparseable for s in scores),
@@ -378,4 +437,4 @@ def score_benchmark(
         )
         for text, record in zip(predictions, records, strict=True)
     ]
-    return aggregate(scores, profile, benchmark=benchmark, classes=classes), scores
+    return aggregate(scores, profile, benchmark=benchmark, classes=classes, normalize=normalize), scores

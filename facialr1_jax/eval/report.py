@@ -22,7 +22,7 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 MISSING = "-"
 
-# Metrics whose table may also hold benchmarks the paper does not report.
+# Metrics whose table may also hold benchmarks the paper does not report (by the paper table's metric).
 _OPEN_METRICS = ("au_f1_macro", "emotion_accuracy", "rouge_l")
 
 
@@ -47,8 +47,10 @@ def comparison_tables(
 ) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for each paper table that has something to show.
 
-    A paper table is shown when one of our benchmarks has its metric; its columns are the paper's
-    benchmarks (ours filled in where evaluated, "-" otherwise) followed by our other benchmarks.
+    A paper table is shown when one of our benchmarks has the metric its cells sit beside
+    (`PaperTable.beside`); its columns are the paper's benchmarks (ours filled in where evaluated,
+    "-" otherwise) followed by our other benchmarks. Our rows are labelled with the `metrics.json`
+    name of the number they hold: first the one the paper's cells sit beside, then `also`.
     """
     tables = []
     for table in paper.PAPER_TABLES:
@@ -64,19 +66,26 @@ def comparison_tables(
                 columns.append((header, profile, m))
         if table.metric in _OPEN_METRICS:
             for name, m in results.items():
-                if m.profile not in table.profiles and metric_value(m, table.metric) is not None:
+                if m.profile not in table.profiles and metric_value(m, table.beside) is not None:
                     columns.append((name, m.profile, m))
-        ours = [None if m is None else metric_value(m, table.metric) for _, _, m in columns]
-        if all(value is None for value in ours):
+        ours = {metric: [None if m is None else metric_value(m, metric) for _, _, m in columns]
+                for metric in (table.beside, *table.also)}
+        if all(value is None for value in ours[table.beside]):
             continue
         header = ["model", *(h for h, _, _ in columns)]
         rows = [
             [row.model, *(_fmt(paper.paper_value(row, table.metric, p)) for _, p, _ in columns)]
             for row in paper.PAPER_ROWS
         ]
-        rows.append([model_name, *(_fmt(value) for value in ours)])
+        rows += [[f"{model_name}: {metric}", *(_fmt(value) for value in values)] for metric, values in ours.items()]
         tables.append((table.title, header, rows))
     return tables
+
+
+def comparison_notes() -> list[str]:
+    """One line per paper cell left empty on purpose, saying why (`paper.PaperRow.notes`)."""
+    return [f"{row.model}, {metric} on {profile}: {note}"
+            for row in paper.PAPER_ROWS for (metric, profile), note in row.notes.items()]
 
 
 def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -103,8 +112,11 @@ def summary_rows(results: Mapping[str, BenchmarkMetrics]) -> tuple[list[str], li
         "benchmark",
         "N",
         "emotion acc",
+        "emotion acc (exact)",
+        "emotion acc (normalised)",
         "AU F1 macro",
         "AU F1 micro",
+        "AU F1 macro (ref.)",
         "format valid",
         "ROUGE-L",
         "REGE (emo)",
@@ -115,8 +127,11 @@ def summary_rows(results: Mapping[str, BenchmarkMetrics]) -> tuple[list[str], li
             name,
             str(m.num_examples),
             _fmt(m.emotion_accuracy),
+            _fmt(m.emotion_accuracy_exact),
+            _fmt(m.emotion_accuracy_normalized),
             _fmt(m.au_f1_macro),
             _fmt(m.au_f1_micro),
+            _fmt(m.au_f1_macro_reference),
             _fmt(m.format_valid),
             _fmt(m.rouge_l),
             _fmt(m.rege_emotion),
@@ -132,7 +147,8 @@ def console_report(results: Mapping[str, BenchmarkMetrics], *, model_name: str =
     parts = ["Evaluation results (%)", _text_table(*summary_rows(results))]
     for title, header, rows in comparison_tables(results, model_name=model_name):
         parts += ["", title, _text_table(header, rows)]
-    parts += ["", f"Paper numbers: {paper.PAPER_CITATION}."]
+    parts += ["", f"Paper numbers: {paper.PAPER_CITATION}. Our rows name the metrics.json number they hold; the "
+              "paper's cells sit beside the first (exact emotion match, AU F1 with the reference's scoring)."]
     return "\n".join(parts)
 
 
@@ -161,9 +177,17 @@ def markdown_report(
     ]
     tables = comparison_tables(results, model_name=model_name)
     if tables:
-        out += ["", "## Against the paper", "", f"Paper numbers: {paper.PAPER_CITATION}."]
+        out += ["", "## Against the paper", "", f"Paper numbers: {paper.PAPER_CITATION}.",
+                "", "Each of our rows names the `metrics.json` number it holds. The paper's cells sit beside the "
+                "first of them, computed as the authors' evaluation computes it: emotions compared exactly "
+                "(`emotion_accuracy_exact`), AU F1 over the union of the file's ground-truth AUs with the macro "
+                "mean skipping AUs without a positive (`au_f1_macro_reference`). The rows below it are our other "
+                "readings (normalised labels; AU F1 over the protocol's fixed AU list)."]
         for title, header, rows in tables:
             out += ["", f"### {title}", "", _markdown_table(header, rows)]
+        notes = comparison_notes()
+        if notes:
+            out += ["", "Empty paper cells:", ""] + [f"- {line}" for line in notes]
     for name, m in results.items():
         out += ["", f"## {name} (profile {m.profile})", ""]
         out += [
@@ -176,8 +200,9 @@ def markdown_report(
         ]
         if m.emotion_accuracy is not None:
             out += [
-                f"- emotion accuracy: {_fmt(m.emotion_accuracy)}%; mean per-class accuracy: "
-                f"{_fmt(m.emotion_mean_class_accuracy)}%",
+                f"- emotion accuracy ({m.emotion_comparison}): {_fmt(m.emotion_accuracy)}%; exact: "
+                f"{_fmt(m.emotion_accuracy_exact)}%; normalised: {_fmt(m.emotion_accuracy_normalized)}%; "
+                f"mean per-class accuracy: {_fmt(m.emotion_mean_class_accuracy)}%",
                 "",
                 "### Per-class accuracy",
                 "",
@@ -198,14 +223,18 @@ def markdown_report(
             ]
             if name in images:
                 out += ["", f"![confusion matrix of {name}]({images[name]})"]
-        for title, scores in (("evaluated AU subset", m.au_eval), ("all ground-truth AUs", m.au_all)):
+        for title, scores in (("evaluated AU subset", m.au_eval), ("all ground-truth AUs", m.au_all),
+                              ("reference evaluation's scoring: every record, the file's ground-truth AUs",
+                               m.au_reference)):
             if scores is None:
                 continue
+            macro_over = "" if len(scores.macro_over) == len(scores.au_list) else (
+                f" (macro over the {len(scores.macro_over)} AUs with a positive example)")
             out += [
                 "",
                 f"### AU F1 over the {title} ({len(scores.au_list)} AUs)",
                 "",
-                f"macro {_fmt(scores.macro)}%, micro {_fmt(scores.micro)}%",
+                f"macro {_fmt(scores.macro)}%{macro_over}, micro {_fmt(scores.micro)}%",
                 "",
                 _markdown_table(
                     ["AU", "support", "F1"],

@@ -57,6 +57,25 @@ def test_exact_mode_compares_the_token_as_written():
     assert metrics.emotion_accuracy == pytest.approx(0.0, abs=1e-9)
 
 
+def test_both_readings_are_reported_whichever_one_is_selected():
+    for normalize in (True, False):
+        metrics, scores = emotion_benchmark(normalize=normalize)
+        assert metrics.emotion_comparison == ("normalized" if normalize else "exact")
+        assert metrics.emotion_accuracy_normalized == pytest.approx(50.0, abs=1e-9)
+        assert metrics.emotion_accuracy_exact == pytest.approx(0.0, abs=1e-9)
+        assert metrics.emotion_accuracy == (metrics.emotion_accuracy_normalized if normalize
+                                            else metrics.emotion_accuracy_exact)
+        assert [s.emotion_correct_exact for s in scores] == [False, False, False, False, None]
+        assert [s.emotion_correct_normalized for s in scores] == [True, True, False, False, None]
+    # Exactly as written counts for both readings.
+    exact, _ = em.score_benchmark(["<answer>anger</answer>", "<answer>Anger</answer>"],
+                                  [record("a", labels=["anger"]), record("b", labels=["anger"])],
+                                  get_profile("RAF-DB"), normalize=False)
+    assert (exact.emotion_accuracy_exact, exact.emotion_accuracy_normalized) == (50.0, 100.0)
+    document = exact.to_json()
+    assert document["emotion_comparison"] == "exact" and document["emotion_accuracy"] == 50.0
+
+
 def test_confusion_matrix_rows_true_columns_predicted_with_other():
     metrics, _ = emotion_benchmark()
     assert metrics.confusion_rows == get_profile("RAF-DB").labels
@@ -159,6 +178,43 @@ def test_mixed_benchmark_scores_aus_only_on_au_annotated_records():
     # AU4: TP 1, FP 1 (bp4d-none) -> 2/3; AU9: TP 1 -> 1.
     assert metrics.au_f1_macro == pytest.approx(100 * (2 / 3 + 1) / 2, abs=1e-9)
     assert metrics.au_f1_micro == pytest.approx(100 * 4 / 5, abs=1e-9)
+
+
+def test_reference_scoring_counts_every_record_over_the_files_ground_truth_aus():
+    """The authors' evaluation: every record of the file (an emotion-only row's empty AU list is a
+    negative), binarised over the union of the ground-truth AUs, macro over AUs with a positive."""
+    records = [
+        record("fer", dataset="FER2013", labels=["anger"]),
+        record("bp4d", dataset="BP4D", aus=["AU4"]),
+        record("bp4d-none", dataset="BP4D"),
+        record("custom", dataset="my-set", aus=["AU9"]),
+        record("custom-none", dataset="my-set"),
+    ]
+    texts = ["<think>AU4</think>", "<think>AU4</think>", "<think>AU4 AU12</think>",
+             "<think>AU9</think>", "<think>AU9</think>"]
+    metrics, _ = em.score_benchmark(texts, records, get_profile("FEA-20K"))
+    assert metrics.au_reference.au_list == ("AU4", "AU9")  # AU12 is in no ground truth: ignored
+    # AU4: TP 1, FP 2 (fer and bp4d-none) -> 2 / 4; AU9: TP 1, FP 1 (custom-none) -> 2 / 3.
+    assert metrics.au_f1_macro_reference == pytest.approx(100 * (1 / 2 + 2 / 3) / 2, abs=1e-9)
+    assert metrics.au_f1_micro_reference == pytest.approx(100 * 4 / 7, abs=1e-9)
+    # Our fixed reading leaves the rows without AU annotation out: AU4 2/3, AU9 1.
+    assert metrics.au_f1_macro == pytest.approx(100 * (2 / 3 + 1) / 2, abs=1e-9)
+    document = metrics.to_json()
+    assert document["au_f1_macro_reference"] == metrics.au_f1_macro_reference
+    assert document["au_reference_scoring"]["macro_over"] == ["AU4", "AU9"]
+    # No ground-truth AU anywhere: no reference AU score.
+    none, _ = em.score_benchmark(["<think>AU4</think>"], [record("x", labels=["anger"])], get_profile("RAF-DB"))
+    assert none.au_reference is None and none.au_f1_macro_reference is None
+
+
+def test_reference_macro_skips_aus_without_a_positive():
+    scores = [em.score_example(text, record(f"d{i}", dataset="DISFA", aus=aus), classes=(), au_scored=True)
+              for i, (text, aus) in enumerate([("<think>AU1 AU2</think>", ["AU1"]), ("<think>AU2</think>", [])])]
+    skipping = em._au_scores(scores, ["AU1", "AU2", "AU4"], skip_without_positives=True)
+    fixed = em._au_scores(scores, ["AU1", "AU2", "AU4"])
+    assert skipping.macro_over == ("AU1",) and skipping.macro == pytest.approx(100.0)
+    assert fixed.macro_over == ("AU1", "AU2", "AU4") and fixed.macro == pytest.approx(100 / 3)
+    assert skipping.micro == fixed.micro == pytest.approx(100 * 2 / 4)  # TP 1, FP 2
 
 
 def test_emotion_only_benchmark_has_no_au_metrics():
