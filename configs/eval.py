@@ -14,6 +14,7 @@ Variants:
 import ml_collections
 
 from configs import base
+from configs import paper
 
 # The benchmarks of the paper's tables and the dataset profile (label set, AU subset) of each.
 PAPER_BENCHMARKS = {
@@ -63,10 +64,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     elif variant == "paper":
         for name, profile in PAPER_BENCHMARKS.items():
             c.benchmarks[name] = _benchmark(profile)
-        c.data.source = "jsonl"
-        c.data.prompt_variant = "full"
-        c.data.max_pixels = 448 * 448
-        c.data.max_prompt_tokens = 1536
+        paper.apply_data(c)  # the reference's pixel cap: lower data.max_pixels to bound memory
         c.eval.max_new_tokens = 1024
         c.eval.batch_size = 16
         # The authors' evaluation compares answers exactly; the normalised accuracy is reported beside it.

@@ -2,12 +2,15 @@
 
 Variants (`--config=configs/grpo.py:VARIANT`):
   demo (default)   built-in data and demo model; warm-started from WORKDIR/sft (run first if missing).
-  qwen2_5_vl_3b / qwen2_5_vl_7b   the paper's recipe (G = 8, temperature 1, beta 0.04, lr 1e-6).
+  qwen2_5_vl_3b / qwen2_5_vl_7b   the paper's recipe (G = 8, temperature 1 with top-k 50, beta 0.04, lr 1e-6).
+  task_specific    the 7B recipe continued on one benchmark's training set (set grpo.init_from to the
+                   general GRPO run and data.train_jsonl / eval_jsonl / image_root to the benchmark's files).
 """
 
 import ml_collections
 
 from configs import base
+from configs import paper
 from configs import sft as sft_config
 
 
@@ -17,11 +20,14 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     # The complete stage 1 config of the warm start: when no checkpoint is given (grpo.init_from,
     # model.checkpoint) and WORKDIR/sft holds none, this SFT run trains there first.
     # Override its knobs as --config.warm_start.sft.num_steps=... etc.
-    c.warm_start = sft_config.get_config(variant)
+    c.warm_start = sft_config.get_config("qwen2_5_vl_7b" if variant == "task_specific" else variant)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.init_from = ""  # Checkpoint or workdir to start from; "" = WORKDIR/sft (trained first if absent).
     c.grpo.num_steps = 100  # Optimiser steps (each = one rollout batch x mu updates).
+    # > 0: passes over the stage 2 records instead of num_steps (rollout batches = epochs x records /
+    # prompts_per_step, rounded up; the reference trains 1 epoch). 0 = num_steps.
+    c.grpo.num_epochs = 0.0
     c.grpo.prompts_per_step = 8  # Prompts (groups) per rollout batch.
     c.grpo.num_generations = 8  # G: completions sampled per prompt.
     c.grpo.micro_batch_size = 0  # Completions per forward/backward in the update; 0 = all at once.
@@ -77,20 +83,10 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.optimizer.vision_lr_scale = 0.0  # the demo's vision tower stays as its warm-up left it (configs/sft.py)
         # Sized so that SFT warm start + GRPO + both evaluations fit the 20-minute CPU budget (README).
         c.grpo.num_steps = 32
-    elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
-        c.model.preset = variant
-        # bfloat16 compute over float32 parameters and AdamW moments (master weights, as the paper's
-        # DeepSpeed bf16 runs keep): at this lr an update is far below bfloat16's spacing near typical
-        # weights, so bfloat16 storage would round it away.
-        c.model.dtype = "bfloat16"
-        c.model.param_dtype = "float32"
-        c.model.remat = True
-        c.data.source = "jsonl"
-        c.data.prompt_variant = "full"
-        c.data.max_pixels = 448 * 448
-        c.data.max_prompt_tokens = 1536
-        c.mesh.fsdp = -1
-        c.mesh.data = 1
+    elif variant in paper.PRESETS or variant == "task_specific":
+        paper.apply_model(c, "qwen2_5_vl_7b" if variant == "task_specific" else variant)  # float32 master weights
+        paper.apply_data(c)  # the reference's pixel cap: lower data.max_pixels to bound memory
+        paper.apply_fsdp(c)
         c.optimizer.lr = 1e-6
         c.optimizer.warmup_steps = 0
         c.optimizer.schedule = "constant"
@@ -99,5 +95,22 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         # 128 completions per step in 8 micro-batches of 16: an even split over 8 or 16 devices.
         c.grpo.micro_batch_size = 16
         c.grpo.max_new_tokens = 1024
+        # The reference samples with transformers' generate (do_sample, temperature 1), whose default
+        # top-k 50 applies.
+        c.grpo.top_k = 50
+        if variant == "task_specific":
+            _task_specific(c)
     else:
-        raise ValueError(f"configs/grpo.py: unknown variant {variant!r} (known: demo, qwen2_5_vl_3b, qwen2_5_vl_7b)")
+        raise ValueError(f"configs/grpo.py: unknown variant {variant!r} "
+                         "(known: demo, qwen2_5_vl_3b, qwen2_5_vl_7b, task_specific)")
+
+
+def _task_specific(c: ml_collections.ConfigDict) -> None:
+    """The authors' third step: GRPO continued on one benchmark's training set (their README: 10
+    iterations on e.g. RAF-DB, about 240 h on 8 A800s), from the general GRPO model. Set
+    grpo.init_from (the general run's workdir or checkpoint), data.train_jsonl / data.eval_jsonl
+    (the benchmark's training and test files) and data.image_root; the prompt lists that benchmark's
+    labels (the records' `dataset`, docs/METHOD.md 2.4)."""
+    c.grpo.num_epochs = 10.0  # "10 iterations", read as 10 passes over the benchmark's training set
+    # The model to continue: the general GRPO run (no SFT warm start runs, so warm_start is not checked).
+    c.grpo.init_from = ""

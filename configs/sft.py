@@ -9,6 +9,7 @@ Variants (`--config=configs/sft.py:VARIANT`):
 import ml_collections
 
 from configs import base
+from configs import paper
 
 
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
@@ -51,22 +52,11 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.sft.eval_num_examples = 32
         # The base's tower was trained to see the AUs; 300 descriptions are too few to move it further.
         c.optimizer.vision_lr_scale = 0.0
-    elif variant in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
-        c.model.preset = variant
-        # bfloat16 compute over float32 parameters and AdamW moments (master weights, as the paper's
-        # DeepSpeed bf16 runs keep): at this lr an update is far below bfloat16's spacing near typical
-        # weights, so bfloat16 storage would round it away.
-        c.model.dtype = "bfloat16"
-        c.model.param_dtype = "float32"
-        c.model.remat = True
-        c.data.source = "jsonl"
-        c.data.prompt_variant = "full"
-        c.data.min_pixels = 56 * 56
-        c.data.max_pixels = 448 * 448
-        c.data.max_prompt_tokens = 1536
+    elif variant in paper.PRESETS:
+        paper.apply_model(c, variant)  # bfloat16 compute over float32 master weights
+        paper.apply_data(c)  # the reference's pixel cap: lower data.max_pixels to bound memory
         c.data.max_target_tokens = 512
-        c.mesh.fsdp = -1
-        c.mesh.data = 1
+        paper.apply_fsdp(c)
         c.optimizer.lr = 5e-6
         c.optimizer.warmup_steps = 0
         c.sft.num_epochs = 2.0

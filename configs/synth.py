@@ -15,6 +15,7 @@ emotion, per source dataset, per attempt).
 import ml_collections
 
 from configs import base
+from configs import paper
 
 
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
@@ -22,13 +23,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.stage = "synth"
     c.synth = synth_section()
     if variant == "qwen2_5_vl_7b":
-        c.model.preset = variant
-        c.model.dtype = "bfloat16"
-        c.model.param_dtype = "bfloat16"
-        c.data.source = "jsonl"
-        c.data.prompt_variant = "full"
-        c.data.max_pixels = 448 * 448
-        c.data.max_prompt_tokens = 2048
+        paper.apply_model(c, variant, training=False)  # inference: bfloat16 storage
+        paper.apply_data(c)  # the reference's pixel cap: lower data.max_pixels to bound memory
         c.synth.max_new_tokens = 1024
         c.synth.max_prompt_tokens = 8192
         c.synth.batch_size = 16

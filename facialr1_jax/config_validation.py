@@ -114,6 +114,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain.eval_batch_size": (_positive, "> 0"),
     "pretrain.eval_max_new_tokens": (_positive, "> 0"),
     "grpo.num_steps": (_non_negative, ">= 0"),
+    "grpo.num_epochs": (_non_negative, ">= 0 (0 = grpo.num_steps)"),
     "grpo.prompts_per_step": (_positive, "> 0"),
     "grpo.num_generations": (lambda v: v >= 2, ">= 2 (advantages are relative to the group)"),
     "grpo.micro_batch_size": (_non_negative, ">= 0 (0 = all at once)"),
@@ -188,6 +189,14 @@ def _check_loss_variant(config: ml_collections.ConfigDict, prefix: str) -> None:
                           f"with {'; '.join(conflicts)}; change those keys or use grpo.loss_variant = 'standard'")
 
 
+def _warm_start_unused(config: ml_collections.ConfigDict) -> bool:
+    """A GRPO run that names its starting model (grpo.init_from or model.checkpoint) never trains the
+    nested warm_start SFT config (train/grpo_loop.resolve_initial_checkpoint), so it is not checked."""
+    if config.get("stage") != "grpo":
+        return False
+    return bool(config.get("grpo", {}).get("init_from") or config.get("model", {}).get("checkpoint"))
+
+
 def _lookup(config: ml_collections.ConfigDict, dotted: str) -> tuple[bool, Any]:
     node: Any = config
     for part in dotted.split("."):
@@ -202,7 +211,7 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
 
     Nested stage configs (GRPO's `warm_start`, the SFT run it trains first) are checked too.
     """
-    if "warm_start" in config:
+    if "warm_start" in config and not _warm_start_unused(config):
         validate(config.warm_start, prefix=f"{prefix}warm_start.")
     for key, allowed in CHOICES.items():
         present, value = _lookup(config, key)

@@ -14,9 +14,13 @@ CONFIG_VARIANTS = [
     ("grpo", "demo"),
     ("grpo", "qwen2_5_vl_3b"),
     ("grpo", "qwen2_5_vl_7b"),
+    ("grpo", "task_specific"),
     ("synth", "demo"),
     ("synth", "qwen2_5_vl_7b"),
     ("pipeline", "demo"),
+    ("pipeline", "qwen2_5_vl_3b"),
+    ("pipeline", "qwen2_5_vl_7b"),
+    ("pipeline", "paper"),
     ("eval", "demo"),
     ("eval", "paper"),
 ]
@@ -35,7 +39,7 @@ def test_shipped_configs_load_and_validate(name, variant):
     config_validation.validate(config)
 
 
-@pytest.mark.parametrize("name", ["sft", "grpo", "synth", "eval"])
+@pytest.mark.parametrize("name", ["sft", "grpo", "synth", "eval", "pipeline"])
 def test_unknown_variant_is_a_clear_error(name):
     module = importlib.import_module(f"configs.{name}")
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
@@ -152,3 +156,171 @@ def test_paper_evaluation_compares_answers_exactly_and_the_demo_normalises():
 
     assert eval_config.get_config("paper").eval.normalize_emotions is False
     assert eval_config.get_config("demo").eval.normalize_emotions is True
+
+
+# ------------------------------------------------------------------- the paper variants (issue 22)
+PAPER_VARIANTS = [("sft", "qwen2_5_vl_3b"), ("sft", "qwen2_5_vl_7b"), ("grpo", "qwen2_5_vl_3b"),
+                  ("grpo", "qwen2_5_vl_7b"), ("grpo", "task_specific"), ("synth", "qwen2_5_vl_7b"),
+                  ("eval", "paper"), ("pipeline", "qwen2_5_vl_7b"), ("pipeline", "paper")]
+
+
+@pytest.mark.parametrize("name,variant", PAPER_VARIANTS)
+def test_paper_variants_keep_images_up_to_the_references_pixel_cap(name, variant):
+    from configs import paper
+    from facialr1_jax.data.images import ImageConfig
+
+    config = importlib.import_module(f"configs.{name}").get_config(variant)
+    for section in (config, config.get("warm_start")):
+        if section is None:
+            continue
+        assert section.data.max_pixels == 12845056 == paper.REFERENCE_MAX_PIXELS
+        assert section.data.min_pixels == 3136
+        assert section.data.prompt_variant == "full" and section.data.source == "jsonl"
+        # A BP4D frame (1040 x 1392) keeps its size at this cap and its prompt fits the budget (the
+        # full instruction is about 450 tokens).
+        grid = ImageConfig(min_pixels=3136, max_pixels=section.data.max_pixels).grid_thw(1040, 1392)
+        image_tokens = int(grid[0] * grid[1] * grid[2]) // 4
+        assert image_tokens == 1850
+        assert image_tokens + 2 + 450 < section.data.max_prompt_tokens
+
+
+def test_the_pixel_cap_comment_names_the_knob_to_lower_it():
+    import inspect
+
+    from configs import paper
+
+    source = inspect.getsource(paper)
+    assert "lower data.max_pixels" in source.lower()
+    for name in ("sft", "grpo", "synth", "eval"):
+        text = inspect.getsource(importlib.import_module(f"configs.{name}"))
+        assert "lower data.max_pixels" in text, name
+
+
+def test_the_planner_plans_the_largest_image_a_prompt_can_hold():
+    from configs import sft
+    from facialr1_jax.parallel import planning
+
+    # At the reference cap the largest square image is 16,384 merged tokens: more than a prompt holds.
+    assert planning.image_grid_for(3136, 12845056) == (1, 256, 256)
+    config = sft.get_config("qwen2_5_vl_7b")
+    grid = planning.image_grid_for(config.data.min_pixels, config.data.max_pixels,
+                                   config.data.max_prompt_tokens)
+    tokens = grid[0] * grid[1] * grid[2] // 4
+    assert tokens + 2 < config.data.max_prompt_tokens
+    assert tokens + 2 + (2 * grid[1] + 1) >= config.data.max_prompt_tokens - 200  # the next size would not fit
+    # A cap whose images always fit is planned as before.
+    assert planning.image_grid_for(3136, 448 * 448, 1536) == planning.image_grid_for(3136, 448 * 448) == (1, 32, 32)
+
+
+@pytest.mark.parametrize("name,variant,top_k", [
+    ("grpo", "demo", 0), ("grpo", "qwen2_5_vl_3b", 50), ("grpo", "qwen2_5_vl_7b", 50), ("grpo", "task_specific", 50),
+    ("pipeline", "demo", 0), ("pipeline", "paper", 50)])
+def test_paper_grpo_samples_with_top_k_50(name, variant, top_k):
+    config = importlib.import_module(f"configs.{name}").get_config(variant)
+    assert config.grpo.top_k == top_k
+    assert config.grpo.temperature == 1.0
+
+
+def test_paper_variants_share_one_helper_for_model_and_data():
+    from configs import grpo, paper, sft, synth
+
+    for config in (sft.get_config("qwen2_5_vl_7b"), grpo.get_config("qwen2_5_vl_7b")):
+        assert (config.model.dtype, config.model.param_dtype, config.model.remat) == ("bfloat16", "float32", True)
+        assert (config.mesh.fsdp, config.mesh.data) == (-1, 1)
+    inference = synth.get_config("qwen2_5_vl_7b")
+    assert (inference.model.dtype, inference.model.param_dtype) == ("bfloat16", "bfloat16")
+    with pytest.raises(ValueError, match="unknown preset 'demo'"):
+        paper.apply_model(sft.get_config("demo"), "demo")
+
+
+def test_task_specific_continues_grpo_on_one_benchmark():
+    from configs import grpo
+    from facialr1_jax.train import grpo_loop
+
+    config = grpo.get_config("task_specific")
+    assert config.model.preset == "qwen2_5_vl_7b" and config.grpo.num_epochs == 10.0
+    assert config.grpo.loss_variant == "standard" and config.grpo.init_from == ""
+    # Named as it is meant to run: the general GRPO model to continue and one benchmark's files. The SFT
+    # warm start never runs then, so its empty data paths are not an error.
+    config.grpo.init_from = "workdirs/grpo"
+    config.data.train_jsonl, config.data.eval_jsonl, config.data.image_root = "rafdb_train.jsonl", "rafdb_test.jsonl", "RAF-DB"
+    config_validation.validate(config)
+    # 10 passes over 12,271 records at 16 prompts a step, rounded up.
+    assert grpo_loop.rollout_batches(config, 12271) == 7670
+    config.grpo.init_from = ""
+    with pytest.raises(config_validation.ConfigError, match="config.warm_start.data.source = 'jsonl' needs"):
+        config_validation.validate(config)
+
+
+def test_grpo_epochs_override_the_step_count():
+    from configs import grpo
+    from facialr1_jax.train import grpo_loop
+
+    config = grpo.get_config("demo")
+    config.grpo.num_steps, config.grpo.prompts_per_step = 1000, 16
+    assert grpo_loop.rollout_batches(config, 5000) == 1000  # num_epochs = 0: grpo.num_steps
+    config.grpo.num_epochs = 1.0
+    assert grpo_loop.rollout_batches(config, 5000) == 313  # ceil(5000 / 16)
+    config.grpo.num_epochs = -1.0
+    with pytest.raises(config_validation.ConfigError, match="grpo.num_epochs = -1.0 must be >= 0"):
+        config_validation.validate(config)
+
+
+def test_pipeline_paper_variant_retrains_whole_epochs_and_runs_grpo_as_stage_2(tmp_path):
+    from configs import pipeline
+    from facialr1_jax.synth import pipeline as pipeline_lib
+
+    config = pipeline.get_config("paper")
+    assert config.model.preset == "qwen2_5_vl_7b"
+    assert config.pipeline.sft_epochs_per_round == config.warm_start.sft.num_epochs == 2.0
+    assert config.pipeline.grpo_steps_per_round == -1 and config.grpo.num_epochs == 1.0
+    assert config.pipeline.sft_lr == 0.0
+    files = pipeline_lib.DataFiles(seed="seed.jsonl", test="test.jsonl", image_root="images")
+    later = pipeline_lib.sft_config(config, 2, previous_model="round-1/grpo", files=files, train_file="train.jsonl")
+    assert (later.sft.num_epochs, later.sft.num_steps) == (2.0, 0)  # whole epochs, not 200 steps
+    assert later.optimizer.lr == 5e-6 and later.model.checkpoint == "round-1/grpo"
+    assert later.data.train_jsonl == "train.jsonl"
+    for round_number in (1, 2, 3):
+        grpo_round = pipeline_lib.grpo_config(config, round_number, "sft")
+        assert (grpo_round.grpo.num_epochs, grpo_round.grpo.num_steps) == (1.0, config.grpo.num_steps)
+        assert grpo_round.grpo.top_k == 50
+    # The demo keeps its short fine-tunes.
+    demo = pipeline.get_config("demo")
+    assert demo.pipeline.sft_epochs_per_round == 0.0 and demo.pipeline.grpo_steps_per_round == 50
+    later = pipeline_lib.sft_config(demo, 2, previous_model="m", files=files, train_file="t.jsonl")
+    assert (later.sft.num_epochs, later.sft.num_steps) == (0.0, 200)
+    assert pipeline_lib.grpo_config(demo, 2, "sft").grpo.num_steps == 50
+
+
+def test_pipeline_paper_variant_evaluates_the_paper_benchmarks(tmp_path):
+    from configs import eval as eval_config
+    from configs import pipeline
+    from facialr1_jax.eval.plan import EvalConfigError
+    from facialr1_jax.synth import pipeline as pipeline_lib
+
+    config = pipeline.get_config("paper")
+    assert config.eval.normalize_emotions is False and config.eval.max_new_tokens == 1024
+    assert set(config.benchmarks) == set(eval_config.PAPER_BENCHMARKS)
+    assert pipeline_lib.benchmark_specs(config) == []  # none filled in: the test split only
+    assert pipeline_lib.benchmark_specs(pipeline.get_config("demo")) == []
+    rafdb = tmp_path / "rafdb.jsonl"
+    rafdb.write_text("")
+    (tmp_path / "RAF-DB").mkdir()
+    config.benchmarks.rafdb.jsonl, config.benchmarks.rafdb.image_root = str(rafdb), str(tmp_path / "RAF-DB")
+    specs = pipeline_lib.benchmark_specs(config)
+    assert [(s.name, s.profile) for s in specs] == [("rafdb", "RAF-DB")]
+    config.benchmarks.disfa.jsonl = str(tmp_path / "missing.jsonl")
+    with pytest.raises(EvalConfigError, match="config.benchmarks.disfa.jsonl"):
+        pipeline_lib.benchmark_specs(config)
+
+
+def test_pipeline_round_knobs_are_checked():
+    from configs import pipeline
+    from facialr1_jax.synth import pipeline as pipeline_lib
+
+    for key, value, message in [("grpo_steps_per_round", -2, "must be >= 0, or -1"),
+                                ("sft_epochs_per_round", -1.0, "must be >= 0")]:
+        config = pipeline.get_config("demo")
+        config.pipeline[key] = value
+        with pytest.raises(config_validation.ConfigError, match=rf"config.pipeline.{key} = .* {message}"):
+            pipeline_lib.check_config(config)

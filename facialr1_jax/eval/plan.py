@@ -38,8 +38,9 @@ class BenchmarkSpec:
         return self.jsonl is None
 
 
-def plan_benchmarks(config) -> list[BenchmarkSpec]:
-    """The benchmarks of `config.benchmarks` that will run, in config order; EvalConfigError if none."""
+def plan_benchmarks(config, *, require_one: bool = True) -> list[BenchmarkSpec]:
+    """The benchmarks of `config.benchmarks` that will run, in config order; EvalConfigError if none
+    (unless `require_one` is False: the pipeline evaluates its test split anyway)."""
     if "benchmarks" not in config or not config.benchmarks:
         raise EvalConfigError("config.benchmarks is empty: name at least one benchmark")
     specs = []
@@ -63,7 +64,7 @@ def plan_benchmarks(config) -> list[BenchmarkSpec]:
         if not os.path.isdir(entry.image_root):
             raise EvalConfigError(f"{key}.image_root = {entry.image_root!r} is not a folder")
         specs.append(BenchmarkSpec(name, profile.name, entry.jsonl, entry.image_root, entry.max_examples))
-    if not specs:
+    if not specs and require_one:
         names = ", ".join(config.benchmarks)
         raise EvalConfigError(
             f"no benchmark has a jsonl file (benchmarks: {names}); set e.g. "

@@ -292,11 +292,29 @@ class ExampleShape:
     image_grid: tuple[int, int, int] | None  # (t, h, w) patch grid of the one image; None = text only
 
 
-def image_grid_for(min_pixels: int, max_pixels: int) -> tuple[int, int, int]:
-    """The patch grid of the largest square image the data config admits (the worst case)."""
+def image_grid_for(min_pixels: int, max_pixels: int, max_prompt_tokens: int | None = None,
+                   merge_unit: int = 4) -> tuple[int, int, int]:
+    """The patch grid of the largest square image the data config admits (the worst case).
+
+    With `max_prompt_tokens`, the largest square image whose placeholders (patches / merge_unit, plus
+    the vision start and end tokens) leave at least one text token in a prompt of that many tokens:
+    a larger image makes its prompt too long, which the data pipeline rejects, so training never sees
+    it. (At the reference's 12,845,056-pixel cap the largest square image is 16,384 merged tokens.)
+    """
+    images = ImageConfig(min_pixels=int(min_pixels), max_pixels=int(max_pixels))
     side = int(math.isqrt(int(max_pixels)))
-    return tuple(int(v) for v in ImageConfig(min_pixels=int(min_pixels), max_pixels=int(max_pixels))
-                 .grid_thw(side, side))
+    while True:
+        grid = tuple(int(v) for v in images.grid_thw(side, side))
+        fits = max_prompt_tokens is None or math.prod(grid) // merge_unit + 2 < int(max_prompt_tokens)
+        if fits or side <= 28:
+            return grid
+        side -= 28
+
+
+def planned_image_grid(config: Any, model_config: models.Qwen2_5_VLConfig) -> tuple[int, int, int]:
+    """`image_grid_for` the data section of a stage config: the pixel caps and the prompt budget."""
+    return image_grid_for(config.data.min_pixels, config.data.max_pixels, int(config.data.max_prompt_tokens),
+                          model_config.vision_config.merge_unit)
 
 
 def _special_ids(config: models.Qwen2_5_VLConfig) -> set[int]:
@@ -627,7 +645,7 @@ def plan_sft(config: Any, mesh: Mesh) -> StagePlan:
     num_micro, micro_rows = _micro_rows(int(config.sft.batch_size), int(config.sft.micro_batch_size))
     max_length = int(config.data.max_prompt_tokens) + int(config.data.max_target_tokens)
     shape = ExampleShape(sequence_tokens=max_length, target_tokens=int(config.data.max_target_tokens),
-                         image_grid=image_grid_for(config.data.min_pixels, config.data.max_pixels))
+                         image_grid=planned_image_grid(config, model_config))
     one_micro = synthetic_sft_batch(model_config, shape, num_micro_batches=1, micro_batch_size=micro_rows,
                                     max_length=max_length)
     batch = widen_micro_axis(one_micro, num_micro)
@@ -669,7 +687,7 @@ def plan_grpo(config: Any, mesh: Mesh) -> StagePlan:
     num_micro, micro_rows = _micro_rows(rows, int(g.micro_batch_size))
     beta = float(g.beta)
     shape = ExampleShape(sequence_tokens=int(config.data.max_prompt_tokens), target_tokens=0,
-                         image_grid=image_grid_for(config.data.min_pixels, config.data.max_pixels))
+                         image_grid=planned_image_grid(config, model_config))
     training = abstract_training(config, model_config, mesh, total_steps=max(1, int(g.num_steps) * mu))
     notes = _batch_split_note(micro_rows, mesh, "grpo step")
 

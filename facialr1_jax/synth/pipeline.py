@@ -67,14 +67,26 @@ class Stages:
         return cls(sft=run_sft, grpo=run_grpo, synth=run_synthesis, evaluate=evaluate_checkpoint)
 
 
+def benchmark_specs(config: Any) -> list:
+    """The benchmarks of `config.benchmarks` that have a jsonl (each round evaluates them too); [] when
+    the config has none or none is filled in. A bad entry is an EvalConfigError naming its key."""
+    from facialr1_jax.eval import plan as plan_lib
+
+    if "benchmarks" not in config or not config.benchmarks:
+        return []
+    return plan_lib.plan_benchmarks(config, require_one=False)
+
+
 def evaluate_checkpoint(config: Any, checkpoint: str, workdir: str) -> dict:
-    """Greedy evaluation of `checkpoint` on the config's test split with the eval harness; writes
-    metrics.json, report.md and predictions-test.jsonl into `workdir`; returns the headline numbers."""
+    """Greedy evaluation of `checkpoint` on the config's test split, and on every benchmark of
+    `config.benchmarks` with a jsonl (the paper variants), with the eval harness; writes metrics.json,
+    report.md and predictions-<benchmark>.jsonl into `workdir`; returns the test split's headline
+    numbers, with each benchmark's under "benchmarks"."""
     import jax
 
     from facialr1_jax.data import datasets
     from facialr1_jax.eval.report import write_report
-    from facialr1_jax.eval.runner import encoding_for, evaluate_records
+    from facialr1_jax.eval.runner import _read_benchmark, encoding_for, evaluate_records
     from facialr1_jax.train.checkpoint import load_model
     from facialr1_jax.train.evaluation import scoring_profile
     from facialr1_jax.train.sft import mesh_from_config
@@ -86,17 +98,29 @@ def evaluate_checkpoint(config: Any, checkpoint: str, workdir: str) -> dict:
     model, tokenizer, info = load_model(checkpoint, mesh=mesh_from_config(config), dtype=config.model.dtype,
                                         param_dtype=config.model.param_dtype)
     is_main = jax.process_index() == 0
+    encoding = encoding_for(info, config.data)
+    settings = dict(encoding=encoding, batch_size=int(config.eval.batch_size),
+                    max_new_tokens=int(config.eval.max_new_tokens), normalize=bool(config.eval.normalize_emotions),
+                    rouge=bool(config.eval.rouge))
     result = evaluate_records(
-        model, tokenizer, records, split.image_root, scoring_profile(records),
-        encoding=encoding_for(info, config.data), batch_size=int(config.eval.batch_size),
-        max_new_tokens=int(config.eval.max_new_tokens), normalize=bool(config.eval.normalize_emotions),
-        rouge=bool(config.eval.rouge), benchmark="test",
-        predictions_path=os.path.join(workdir, "predictions-test.jsonl") if is_main else None)
+        model, tokenizer, records, split.image_root, scoring_profile(records), benchmark="test",
+        predictions_path=os.path.join(workdir, "predictions-test.jsonl") if is_main else None, **settings)
+    results = {"test": result.metrics}
+    for spec in benchmark_specs(config):
+        benchmark_records, image_root, _ = _read_benchmark(spec, config, workdir)
+        results[spec.name] = evaluate_records(
+            model, tokenizer, benchmark_records, image_root, spec.profile, benchmark=spec.name,
+            predictions_path=os.path.join(workdir, f"predictions-{spec.name}.jsonl") if is_main else None,
+            **settings).metrics
     if is_main:
-        write_report(workdir, {"test": result.metrics}, plots=bool(config.eval.plots),
+        write_report(workdir, results, plots=bool(config.eval.plots),
                      run_info={"checkpoint": info["path"], "step": info["step"], "decoding": "greedy",
-                               "max_new_tokens": int(config.eval.max_new_tokens)})
-    return result.headline()
+                               "max_new_tokens": int(config.eval.max_new_tokens),
+                               "emotion_comparison": "normalized" if config.eval.normalize_emotions else "exact"})
+    headline = result.headline()
+    if len(results) > 1:
+        headline["benchmarks"] = {name: m.to_json() for name, m in results.items() if name != "test"}
+    return headline
 
 
 # --------------------------------------------------------------------------------- data files
@@ -160,7 +184,9 @@ def _copy(config: Any) -> Any:
 def sft_config(config: Any, round_number: int, *, previous_model: str | None, files: DataFiles,
                train_file: str | None) -> Any:
     """The SFT config of a round: round 1 = warm_start as is (model and data sections of the
-    pipeline); later rounds fine-tune `previous_model` on `train_file` for sft_steps_per_round."""
+    pipeline); later rounds train `previous_model` on `train_file` for pipeline.sft_epochs_per_round
+    whole epochs when it is > 0 (a retrain on the enlarged set, as the paper does), else for
+    sft_steps_per_round steps (a fine-tune)."""
     c = _copy(config.warm_start)
     c.model = copy.deepcopy(config.model)
     if config.data.source == "builtin":
@@ -173,8 +199,13 @@ def sft_config(config: Any, round_number: int, *, previous_model: str | None, fi
     c.data.train_jsonl = train_file
     c.data.eval_jsonl = files.test
     c.data.image_root = files.image_root
-    c.sft.num_steps = int(config.pipeline.sft_steps_per_round)
-    c.sft.num_epochs = 0.0
+    epochs = float(config.pipeline.get("sft_epochs_per_round", 0.0))
+    if epochs > 0:
+        c.sft.num_epochs = epochs  # retrain for whole passes over the enlarged set
+        c.sft.num_steps = 0
+    else:
+        c.sft.num_steps = int(config.pipeline.sft_steps_per_round)
+        c.sft.num_epochs = 0.0
     if float(config.pipeline.sft_lr) > 0:
         c.optimizer.lr = float(config.pipeline.sft_lr)
     if float(config.pipeline.sft_synthesis_prompt_share) >= 0:
@@ -187,9 +218,11 @@ def grpo_config(config: Any, round_number: int, sft_dir: str) -> Any:
     c.stage = "grpo"
     c.grpo.init_from = sft_dir
     c.model.checkpoint = ""
-    if round_number > 1:
-        c.grpo.num_steps = int(config.pipeline.grpo_steps_per_round)
-    return c
+    steps = int(config.pipeline.grpo_steps_per_round)
+    if round_number > 1 and steps >= 0:
+        c.grpo.num_steps = steps
+        c.grpo.num_epochs = 0.0
+    return c  # steps < 0: every round runs the grpo section as configured (grpo.num_steps / num_epochs)
 
 
 def synth_config(config: Any, round_number: int, model: str, known: str) -> Any:
@@ -358,7 +391,8 @@ def write_rounds_report(workdir: str, rows: list[dict], *, plot: bool = True) ->
 _PIPELINE_RULES = {
     "rounds": (lambda v: v >= 1, ">= 1"),
     "sft_steps_per_round": (lambda v: v >= 1, ">= 1"),
-    "grpo_steps_per_round": (lambda v: v >= 0, ">= 0"),
+    "grpo_steps_per_round": (lambda v: v >= -1, ">= 0, or -1 (every round runs the grpo section as configured)"),
+    "sft_epochs_per_round": (lambda v: v >= 0, ">= 0 (0 = sft_steps_per_round steps)"),
     "sft_lr": (lambda v: v >= 0, ">= 0 (0 = warm_start's learning rate)"),
     "sft_synthesis_prompt_share": (lambda v: v < 0 or v <= 1, "in [0, 1] (< 0 = warm_start's share)"),
     "eval_num_examples": (lambda v: v >= 0, ">= 0 (0 = the whole test split)"),
@@ -370,10 +404,13 @@ def check_config(config: Any) -> None:
     from facialr1_jax.synth.settings import SynthSettings
 
     for name, (rule, wording) in _PIPELINE_RULES.items():
+        if name not in config.pipeline:
+            continue
         value = config.pipeline[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not rule(value):
             raise ConfigError(f"config.pipeline.{name} = {value!r} must be {wording}")
     SynthSettings.from_config(config)
+    benchmark_specs(config)  # a paper benchmark filled in wrongly fails now, not after round 1's training
     if config.data.source not in ("builtin", "jsonl"):
         raise ConfigError(f"the pipeline reads its data as JSONL files: data.source must be builtin or jsonl, "
                           f"not {config.data.source!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -168,6 +169,17 @@ def make_log_prob_fn(model_def: state_lib.ModelDef, params_shardings: Any, mesh,
     return call
 
 
+def rollout_batches(config: Any, num_records: int) -> int:
+    """Rollout batches of the run: `grpo.num_steps`, or with `grpo.num_epochs` > 0 enough batches of
+    `grpo.prompts_per_step` prompts to pass over the `num_records` stage 2 records that many times
+    (rounded up; the reference trains one epoch)."""
+    g = config.grpo
+    epochs = float(g.get("num_epochs", 0.0))
+    if epochs <= 0:
+        return int(g.num_steps)
+    return max(1, math.ceil(epochs * num_records / int(g.prompts_per_step)))
+
+
 # ------------------------------------------------------------------------------------ the run
 class RolloutStats:
     """Host-side statistics of the rollouts since the last logged row."""
@@ -240,10 +252,11 @@ def run_grpo(config: Any, workdir: str) -> dict:
 
     rl_split = datasets.load_split(run_config, "rl", workdir=workdir)
     test_split = datasets.load_split(run_config, "test", workdir=workdir)
+    num_steps = rollout_batches(config, len(rl_split))
     _log.info("GRPO: %d prompts, %d held-out; %d steps of %d prompts x %d samples, mu = %d",
-              len(rl_split), len(test_split), int(g.num_steps), prompts_per_step, num_generations, mu)
+              len(rl_split), len(test_split), num_steps, prompts_per_step, num_generations, mu)
 
-    total_updates = int(g.num_steps) * mu
+    total_updates = num_steps * mu
     tx, schedule = optim.make_optimizer(config.optimizer, max(total_updates, 1))
     model_def, state, state_shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), mesh=mesh)
     del model

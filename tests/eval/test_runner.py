@@ -134,3 +134,39 @@ def test_run_eval_on_the_builtin_split_writes_the_report(demo_set, demo_workdir,
     assert "## synthface (profile synthface)" in (workdir / "report.md").read_text()
     printed = capsys.readouterr().out
     assert "Emotion recognition: accuracy (%)" in printed and "Facial-R1 (paper)" in printed
+
+
+def test_a_pipeline_round_evaluates_the_test_split_and_each_filled_in_benchmark(demo_set, demo_workdir, tmp_path):
+    """synth/pipeline.evaluate_checkpoint: the test split, then every benchmark with a jsonl (the pipeline's
+    paper variants carry configs/eval.py:paper's), in one report; the round's row keeps the test numbers."""
+    import ml_collections
+
+    from configs import eval as eval_config
+    from configs import pipeline
+    from facialr1_jax.synth import pipeline as pipeline_lib
+
+    folder, paths = demo_set
+    config = pipeline.get_config("demo")
+    config.data.builtin_dir = str(folder)
+    config.data.builtin_num_sft, config.data.builtin_num_rl, config.data.builtin_num_test = 2, 2, NUM_TEST
+    config.data.builtin_image_size = 56
+    config.seed = 3
+    config.eval.batch_size = 4
+    config.eval.max_new_tokens = 6
+    config.eval.normalize_emotions = False
+    config.benchmarks = ml_collections.ConfigDict({
+        "rafdb": eval_config._benchmark("RAF-DB", str(paths.test), str(paths.images)),
+        "disfa": eval_config._benchmark("DISFA"),  # left empty: skipped
+    })
+    config.benchmarks.rafdb.max_examples = 3
+    workdir = tmp_path / "eval"
+    headline = pipeline_lib.evaluate_checkpoint(config, demo_workdir, str(workdir))
+    assert headline["num_examples"] == NUM_TEST  # the test split's numbers stay at the top
+    assert set(headline["benchmarks"]) == {"rafdb"}
+    assert headline["benchmarks"]["rafdb"]["num_examples"] == 3
+    assert headline["benchmarks"]["rafdb"]["emotion_comparison"] == "exact"
+    document = json.loads((workdir / "metrics.json").read_text())
+    assert set(document["benchmarks"]) == {"test", "rafdb"}
+    assert document["run"]["emotion_comparison"] == "exact"
+    assert len((workdir / "predictions-rafdb.jsonl").read_text().splitlines()) == 3
+    assert "Emotion recognition: accuracy (%)" in (workdir / "report.md").read_text()

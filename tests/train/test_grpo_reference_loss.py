@@ -287,3 +287,22 @@ def test_the_planners_grpo_batch_carries_the_reference_loss_inputs(tiny):  # noq
     assert batch["think_mask"].shape == batch["completion_mask"].shape
     assert not (batch["think_mask"] > batch["completion_mask"]).any()
     np.testing.assert_array_equal(batch["sample_weights"], np.ones((2, 2)))
+
+
+def test_the_planner_compiles_the_reference_loss_at_the_reference_pixel_cap():
+    """plan_grpo with loss_variant = "facial_r1_code" (the update reads the think mask and weights) and
+    the 12,845,056-pixel cap: the planned image is the largest a 32-token prompt holds (10 x 10 patches,
+    25 merged tokens), not the cap's 256 x 256."""
+    import json
+
+    from facialr1_jax.parallel import make_mesh, planning
+
+    c = grpo_config.get_config("demo")
+    c.model.preset, c.model.checkpoint = "tiny", ""
+    c.model.preset_overrides = json.dumps({"text_config": {"num_hidden_layers": 1}, "vision_config": {"depth": 2}})
+    c.data.max_prompt_tokens, c.data.min_pixels, c.data.max_pixels = 32, 56 * 56, 12845056
+    c.grpo.prompts_per_step, c.grpo.num_generations, c.grpo.max_new_tokens = 2, 2, 8
+    c.grpo.loss_variant = "facial_r1_code"
+    plan = planning.plan_grpo(c, make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    assert [p.name for p in plan.programs] == ["rollout_prefill", "rollout_decode", "policy_log_probs", "grpo_step"]
+    assert plan.shapes["image_grid"] == [1, 10, 10]
