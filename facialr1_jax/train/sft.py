@@ -290,18 +290,19 @@ def run_sft(config: Any, workdir: str) -> dict:
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
                                                async_save=bool(config.checkpoint.async_save))
 
+    model_config = model.config
     dataset = pipeline.sft_dataset(
-        train_split.source, tokenizer, encoding, model.config, seed=int(config.seed),
+        train_split.source, tokenizer, encoding, model_config, seed=int(config.seed),
         batch_size=int(config.sft.batch_size), num_micro_batches=num_micro, shuffle=bool(config.data.shuffle))
 
     def make_evaluate(model_def, eval_step):
         if test_split is None:
             return None
         eval_batches = held_out_batches(
-            test_split, tokenizer, encoding, model_def.config, num_examples=int(config.sft.eval_num_examples),
+            test_split, tokenizer, encoding, model_config, num_examples=int(config.sft.eval_num_examples),
             batch_size=int(config.sft.eval_batch_size))
         generator = evaluation.GreedyEvaluator.create(
-            tokenizer, encoding, model_def.config, max_new_tokens=int(config.sft.eval_max_new_tokens),
+            tokenizer, encoding, model_config, max_new_tokens=int(config.sft.eval_max_new_tokens),
             batch_size=int(config.sft.eval_batch_size), mesh=mesh)
 
         def evaluate(current_state, step: int, *, final: bool = False) -> dict:
