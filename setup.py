@@ -30,6 +30,11 @@ TEST = [
     "pytest==9.2.0",
     "hypothesis>=6.100",
     "torch==2.13.0",
+    # The quickstart notebook (notebooks/): generated from its jupytext source and executed by the tests.
+    "jupytext==1.19.7",
+    "nbclient==0.11.0",
+    "nbformat==5.11.1",
+    "ipykernel==7.4.0",
 ]
 
 BENCH = TEST + [
