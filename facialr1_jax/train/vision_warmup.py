@@ -1,23 +1,22 @@
-"""Supervised vision warm-up: teach a freshly initialised vision tower to see faces before SFT.
+"""Supervised vision warm-up: teach a freshly initialised vision tower to see faces.
 
-The paper fine-tunes a pretrained VLM whose vision tower already sees faces. The demo model is
-trained from scratch on CPU, and next-token loss alone gives its vision tower far too few image
-presentations to learn perception in the SFT budget (it learns the answer format, emotion accuracy
-stays at chance). This short stage stands in for the pretrained tower:
+Stage 0 (`train.pretrain`) trains the demo base model from scratch. Next-token loss alone reaches the
+vision tower only through the language model, which at first reads nothing from the image tokens, so
+the tower would learn little. This short phase, run before stage 0's language steps, trains the tower
+directly:
 
     vision tower (+ patch merger) -> merged image tokens (in processor order)
         -> flattened -> one linear layer -> AU logits (sigmoid BCE) + emotion logits (softmax CE)
 
-trained with AdamW on the labelled training faces (stage 1 and stage 2 records; never the test split),
+trained with AdamW on the labelled training faces (the perception corpus; never the held-out faces),
 images preprocessed exactly as the model sees them (`data.images.ImageConfig.preprocess`). The head is
 thrown away afterwards; only the vision tower's parameters are written back into the model, the
 language model is never touched.
 
 Why a linear head on the FLATTENED tokens and not on their mean: the Qwen2.5-VL tower has no absolute
 position embedding (only 2-D rotary positions inside attention), so a mean over tokens cannot tell a
-raised brow from a raised lip corner. Measured on the built-in faces (4,300 training faces, batch 128,
-lr 2e-3): a mean-pooled head stayed near chance (19% emotion accuracy after 155 steps) while the
-per-position head reached 42% after 100 steps and 67% after 250. The language model, too, reads the
+raised brow from a raised lip corner (a mean-pooled head stayed near chance on the built-in faces).
+The language model, too, reads the
 image tokens position by position.
 
 Labels: the AU vocabulary is every AU of the training records. A record's AU set counts as annotated
