@@ -16,8 +16,7 @@ language model is never touched.
 Why a linear head on the FLATTENED tokens and not on their mean: the Qwen2.5-VL tower has no absolute
 position embedding (only 2-D rotary positions inside attention), so a mean over tokens cannot tell a
 raised brow from a raised lip corner (a mean-pooled head stayed near chance on the built-in faces).
-The language model, too, reads the
-image tokens position by position.
+The language model, too, reads the image tokens position by position.
 
 Labels: the AU vocabulary is every AU of the training records. A record's AU set counts as annotated
 when it is non-empty or its dataset profile (`fea.profiles`) annotates AUs (so a neutral face of an
