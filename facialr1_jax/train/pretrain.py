@@ -291,8 +291,8 @@ def model_card(result: dict, run_config: dict, default_config: dict, *, commit: 
         "built-in demo splits draw theirs below it). "
         f"{p['vision_warmup_steps']} vision warm-up steps of {p['vision_warmup_batch_size']} faces, then",
         f"{result['step']:,} steps of {p['batch_size']} perception turns (describe, list, yes/no); "
-        f"{minutes:.0f} minutes wall on the machine that",
-        "trained it (2 CPU cores, shared with other work).",
+        f"{minutes:.0f} minutes wall for its last launch on the",
+        "machine that trained it (2 CPU cores, shared with other work).",
         "",
         "## Measured",
         "",
@@ -306,6 +306,8 @@ def model_card(result: dict, run_config: dict, default_config: dict, *, commit: 
         f"| another face's image | {evaluation_row.get('swapped_image_au_micro_f1', float('nan')):.3f} |",
         "",
     ]
+    for note in result.get("notes", []):
+        lines += [note, ""]
     if warmup:
         lines += [f"The vision warm-up's throw-away linear head alone: AU micro-F1 {warmup['au_micro_f1']:.3f} on the",
                   "same held-out faces.", ""]
@@ -321,6 +323,10 @@ def write_model_card(src: str, dst: str, *, run_config: dict, default_config: di
         return None
     with open(result_path, encoding="utf-8") as stream:
         result = json.load(stream)
+    warmup_path = os.path.join(src, vision_warmup.RESULT_FILE)
+    if not result.get("vision_warmup") and os.path.isfile(warmup_path):  # a resumed run warmed up earlier
+        with open(warmup_path, encoding="utf-8") as stream:
+            result["vision_warmup"] = json.load(stream)
     commit = result.get("commit") or git_commit(os.path.dirname(os.path.abspath(__file__)))
     path = os.path.join(dst, CARD_FILE)
     files.write_text(path, model_card(result, run_config, default_config, commit=commit))
