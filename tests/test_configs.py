@@ -212,13 +212,21 @@ def test_the_planner_plans_the_largest_image_a_prompt_can_hold():
     assert planning.image_grid_for(3136, 448 * 448, 1536) == planning.image_grid_for(3136, 448 * 448) == (1, 32, 32)
 
 
-@pytest.mark.parametrize("name,variant,top_k", [
-    ("grpo", "demo", 0), ("grpo", "qwen2_5_vl_3b", 50), ("grpo", "qwen2_5_vl_7b", 50), ("grpo", "task_specific", 50),
-    ("pipeline", "demo", 0), ("pipeline", "paper", 50)])
-def test_paper_grpo_samples_with_top_k_50(name, variant, top_k):
+@pytest.mark.parametrize("name,variant,top_k,temperature", [
+    ("grpo", "demo", 0, 0.7), ("grpo", "qwen2_5_vl_3b", 50, 1.0), ("grpo", "qwen2_5_vl_7b", 50, 1.0),
+    ("grpo", "task_specific", 50, 1.0), ("pipeline", "demo", 0, 0.7), ("pipeline", "paper", 50, 1.0)])
+def test_paper_grpo_samples_with_top_k_50(name, variant, top_k, temperature):
+    """The paper variants sample as the reference does (top-k 50 at temperature 1); the small demo
+    policy samples cooler (configs/grpo.py)."""
     config = importlib.import_module(f"configs.{name}").get_config(variant)
     assert config.grpo.top_k == top_k
-    assert config.grpo.temperature == 1.0
+    assert config.grpo.temperature == temperature
+
+
+def test_seed_flag_seeds_the_warm_start_too():
+    config = importlib.import_module("configs.grpo").get_config()
+    config.seed = 2
+    assert config.warm_start.seed == 2
 
 
 def test_paper_variants_share_one_helper_for_model_and_data():

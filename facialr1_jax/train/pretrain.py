@@ -174,6 +174,7 @@ def maybe_warm_up_vision(config: Any, model, train: datasets.LoadedSplit, held_o
 def run_pretrain(config: Any, workdir: str) -> dict:
     """Runs stage 0 into `workdir` (resuming from it when it holds a checkpoint); returns the result dict."""
     start_time = time.time()
+    commit = git_commit(os.path.dirname(os.path.abspath(__file__)))  # the code this launch runs
     sft.quiet_library_logs()
     workdir = files.makedirs(workdir)
     is_main = jax.process_index() == 0
@@ -215,7 +216,7 @@ def run_pretrain(config: Any, workdir: str) -> dict:
         "status": outcome.status,
         "step": outcome.step,
         "total_steps": total_steps,
-        "commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+        "commit": commit,
         "config": json.loads(config.to_json_best_effort()),
         "corpus": {"train_faces": len(train), "eval_faces": len(held_out), "corpus_seed": int(p.corpus_seed),
                    "identity_seed_base": perception.IDENTITY_SEED_BASE},
@@ -310,7 +311,7 @@ def model_card(result: dict, run_config: dict, default_config: dict, *, commit: 
         lines += [note, ""]
     if warmup:
         lines += [f"The vision warm-up's throw-away linear head alone: AU micro-F1 {warmup['au_micro_f1']:.3f} on the",
-                  "same held-out faces.", ""]
+                  f"{warmup['faces']} held-out faces with at least one labelled AU.", ""]
     lines += ["## Run config", "", "```json", json.dumps(run_config, indent=1, sort_keys=True), "```", ""]
     return "\n".join(lines)
 
