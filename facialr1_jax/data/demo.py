@@ -283,37 +283,52 @@ def ensure_demo(
     parameters = demo_parameters(
         num_sft=num_sft, num_rl=num_rl, num_test=num_test, image_size=image_size, seed=seed
     )
-    cache = Path(cache_dir)
-    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
-    final = cache / f"synthface-{digest}"
-    if _stamp_matches(final, parameters):
-        return DemoPaths.at(final)
-    cache.mkdir(parents=True, exist_ok=True)
-    if final.exists():  # a folder without a matching stamp: left by older code or by hand
-        raise FileExistsError(
-            f"ensure_demo: {final} exists but its {_STAMP} does not match {parameters}; delete the folder to rebuild"
-        )
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
-    try:
+    def build(staging: Path) -> None:
         if progress is True:
-            print(f"[demo] building the built-in data set into {final} ...", file=sys.stderr, flush=True)
+            print("[demo] building the built-in data set ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         build_demo(
             staging, num_sft=num_sft, num_rl=num_rl, num_test=num_test, image_size=image_size,
             seed=seed, workers=workers, progress=progress,
         )  # fmt: skip
+        if progress is True:
+            print(f"[demo] done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+    final = build_once(cache_dir, "synthface", parameters, build, what="ensure_demo")
+    return DemoPaths.at(final)
+
+
+def build_once(cache_dir: str | os.PathLike, prefix: str, parameters: dict[str, int],
+               build: Callable[[Path], None], *, what: str) -> Path:
+    """The folder `cache_dir/<prefix>-<hash of parameters>`, built by `build(staging_folder)` on first use.
+
+    A folder whose stamp.json equals `parameters` is returned as is. A build is written to a temporary
+    sibling and renamed into place, so readers only ever see complete folders; when two processes build
+    the same folder at once, the first rename wins and the other's copy is discarded. A folder of that
+    name without a matching stamp (older code, or by hand) is an error naming it.
+    """
+    cache = Path(cache_dir)
+    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
+    final = cache / f"{prefix}-{digest}"
+    if _stamp_matches(final, parameters):
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        raise FileExistsError(
+            f"{what}: {final} exists but its {_STAMP} does not match {parameters}; delete the folder to rebuild")
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
+    try:
+        build(staging)
         (staging / _STAMP).write_text(json.dumps(parameters, indent=2) + "\n", encoding="utf-8")
         try:
             os.rename(staging, final)
         except OSError:
             if not _stamp_matches(final, parameters):
                 raise
-        if progress is True:
-            print(f"[demo] done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return DemoPaths.at(final)
+    return final
 
 
 def _stamp_matches(folder: Path, parameters: dict[str, int]) -> bool:

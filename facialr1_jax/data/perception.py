@@ -27,13 +27,9 @@ validated and streamed by the same sources as every other split.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,7 +52,6 @@ IDENTITY_SEED_BASE = 2**31
 DATASET = "synthface-AU"
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 _SPLIT_STREAMS = {"train": 101, "eval": 102}
-_STAMP = "stamp.json"
 
 # Kinds of face and how often each is drawn (`sample_intensities`).
 FACE_KINDS: dict[str, float] = {"single": 0.22, "random_set": 0.40, "prototype": 0.30, "neutral": 0.08}
@@ -306,16 +301,6 @@ def ensure_corpus(cache_dir: str | os.PathLike, *, num_train: int, num_eval: int
     """The corpus for these parameters under `cache_dir`, built on first use (written to a temporary
     sibling and renamed into place, so an interrupted build never leaves a half-written corpus)."""
     parameters = corpus_parameters(num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed)
-    cache = Path(cache_dir)
-    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
-    final = cache / f"perception-{digest}"
-    if _stamp_matches(final, parameters):
-        return CorpusPaths.at(final)
-    if final.exists():
-        raise FileExistsError(f"ensure_corpus: {final} exists but its {_STAMP} does not match {parameters}; "
-                              f"delete the folder to rebuild")
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
     total = num_train + num_eval
     started = time.perf_counter()
 
@@ -324,29 +309,15 @@ def ensure_corpus(cache_dir: str | os.PathLike, *, num_train: int, num_eval: int
             print(f"[perception corpus] rendered {done}/{count} faces ({time.perf_counter() - started:.0f} s)",
                   file=sys.stderr, flush=True)
 
-    try:
+    def build(staging: Path) -> None:
         if progress:
-            print(f"[perception corpus] building {total} faces into {final} ...", file=sys.stderr, flush=True)
+            print(f"[perception corpus] building {total} faces ...", file=sys.stderr, flush=True)
         build_corpus(staging, num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed,
                      workers=workers, progress=report)
-        (staging / _STAMP).write_text(json.dumps(parameters, indent=2) + "\n", encoding="utf-8")
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not _stamp_matches(final, parameters):
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+
+    final = demo.build_once(cache_dir, "perception", parameters, build, what="ensure_corpus")
     return CorpusPaths.at(final)
 
-
-def _stamp_matches(folder: Path, parameters: dict[str, int]) -> bool:
-    stamp = folder / _STAMP
-    try:
-        return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == parameters
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 # ------------------------------------------------------------------------------------ encoding
