@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
         torch_args = [torch.from_numpy(a) for a in operands]
         with torch.no_grad():
             torch_s = best_seconds(lambda: fn(*torch_args), args.repeats)
-        results["gflops"][name] = {"jax": round(gflop / jax_s, 1), "torch": round(gflop / torch_s, 1)}
+        # Three significant digits: toy shapes on a loaded machine run at well under 0.1 GFLOP/s.
+        results["gflops"][name] = {"jax": float(f"{gflop / jax_s:.3g}"), "torch": float(f"{gflop / torch_s:.3g}")}
         print(f"{name:20s} jax {gflop / jax_s:7.1f} GFLOP/s   torch {gflop / torch_s:7.1f} GFLOP/s")
     print(json.dumps(results))
     return results

@@ -24,8 +24,10 @@ from facialr1_jax.rewards import scan, terms
 
 # ---------------------------------------------------------------------------- configuration
 def test_settings_from_the_grpo_config():
-    settings = settings_from_config(grpo_config.get_config().rewards)
+    settings = settings_from_config(grpo_config.get_config("qwen2_5_vl_7b").rewards)
     assert settings.weights == {"format": 1.0, "accuracy": 1.0, "au": 1.0, "length": 0.0, "repetition": 0.0}
+    # The demo weighs the AU term double (configs/grpo.py).
+    assert settings_from_config(grpo_config.get_config().rewards).weights["au"] == 2.0
     assert (settings.accuracy_mode, settings.au_mode) == ("normalized", "2f1-1")
     assert settings.clamp == (-10.0, 10.0)
     assert terms.active_terms(settings) == ["format", "accuracy", "au"]
