@@ -9,9 +9,9 @@ import ml_collections
 PRESETS = ("qwen2_5_vl_3b", "qwen2_5_vl_7b")
 
 # The reference's image processor keeps images up to 12,845,056 pixels (its min_pixels: 3,136), so BP4D
-# (1040 x 1392) and DISFA (768 x 1024) frames stay near native size: 1,850 and 999 merged image tokens.
-# Lower data.max_pixels to bound the image tokens (and the vision tower's memory): 448 * 448 = 200,704
-# pixels is at most 256 tokens.
+# (1040 x 1392) and DISFA (768 x 1024) frames stay near native size (their image-token counts follow from
+# facialr1_jax.parallel.planning.image_grid_for). Lower data.max_pixels to bound the image tokens and the
+# vision tower's memory, e.g. 448 * 448.
 REFERENCE_MIN_PIXELS = 3136
 REFERENCE_MAX_PIXELS = 12845056
 # Room for a BP4D frame at the reference cap (1,850 image tokens) and the full instruction (~450 tokens).
