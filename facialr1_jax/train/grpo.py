@@ -140,6 +140,15 @@ class GRPOLossTerms(NamedTuple):
     clip_fraction_sum: jax.Array
 
 
+def kl_term(logp, ref_logp, beta: float, kl_estimator: str):
+    """Per-token KL to the reference policy, or zeros when beta = 0 (no reference is held then)."""
+    if beta <= 0.0:
+        return jnp.zeros_like(logp)
+    if ref_logp is None:
+        raise ValueError("beta > 0 needs reference log-probs (ref_logp)")
+    return kl_penalty(logp, ref_logp, kl_estimator)
+
+
 def grpo_loss_terms(
     logp: jax.Array,
     old_logp: jax.Array,
@@ -159,12 +168,7 @@ def grpo_loss_terms(
     _check("ratio_level", ratio_level, RATIO_LEVELS)
     log_ratio = sequence_log_ratio(logp, old_logp, mask) if ratio_level == "sequence" else None
     per_token = clipped_objective(logp, old_logp, advantages, eps_low, eps_high, log_ratio=log_ratio)
-    if beta > 0.0:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs reference log-probs (ref_logp)")
-        kl = kl_penalty(logp, ref_logp, kl_estimator)
-    else:
-        kl = jnp.zeros_like(logp)
+    kl = kl_term(logp, ref_logp, beta, kl_estimator)
     loss_sum, denominator = aggregate(per_token + beta * kl, mask, aggregation, max_length)
     kl_sum, _ = aggregate(kl, mask, aggregation, max_length)
     ratio = jnp.exp(logp - old_logp if log_ratio is None else log_ratio)
@@ -209,12 +213,7 @@ def reward_function_loss_terms(
         raise ValueError(f"need at least one reward function, got {num_full_terms} over all tokens and "
                          f"{num_think_terms} over think tokens")
     per_token = clipped_objective(logp, old_logp, advantages, eps_low, eps_high)
-    if beta > 0.0:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs reference log-probs (ref_logp)")
-        kl = kl_penalty(logp, ref_logp, kl_estimator)
-    else:
-        kl = jnp.zeros_like(logp)
+    kl = kl_term(logp, ref_logp, beta, kl_estimator)
     loss = per_token + beta * kl
     mask = mask.astype(loss.dtype)
     think = mask * think_mask.astype(loss.dtype)
